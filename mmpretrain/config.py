@@ -1,0 +1,413 @@
+"""One typed config object describes a run end to end.
+
+Order of precedence, lowest first: dataclass defaults, a YAML preset (shipped name or path), then
+dotted command-line overrides (``train.max_steps=50``). Unknown keys and bad values raise
+``ConfigError`` naming the dotted key and what is allowed, before anything touches Ray, so a typo
+never costs a cluster start-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config key or value a user has to fix; the message names the key."""
+
+
+def doc(text: str, **kwargs: Any) -> Any:
+    """A dataclass field whose one-line description travels with it (shown by ``config show``)."""
+    return field(metadata={"doc": text}, **kwargs)
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _choice(value: Any, key: str, allowed: typing.Iterable[Any]) -> None:
+    allowed = list(allowed)
+    _require(value in allowed, key, f"got {value!r}; allowed values are {allowed}")
+
+
+@dataclass
+class DataConfig:
+    train: str = doc("Training shards: a tar file, folder, glob or brace pattern.", default="")
+    val: str | None = doc(
+        "Held-out shards for evaluation (same forms as data.train).", default=None
+    )
+    tokenizer: str = doc("Folder of a Hugging Face tokenizer (WordPiece/BERT).", default="")
+    image_size: int = doc("Side of the square crop fed to the vision encoder, pixels.", default=64)
+    max_text_len: int = doc("Tokens per caption after truncation and padding.", default=32)
+    batch_size: int = doc(
+        "Samples per worker per step (global batch = this x workers).", default=32
+    )
+    shuffle_buffer: int = doc(
+        "Rows in the local shuffle buffer of each worker; 0 disables.", default=256
+    )
+
+    def __post_init__(self) -> None:
+        _require(self.image_size >= 32, "data.image_size", f"must be >= 32, got {self.image_size}")
+        _require(
+            self.max_text_len >= 8, "data.max_text_len", f"must be >= 8, got {self.max_text_len}"
+        )
+        _require(
+            self.batch_size >= 2,
+            "data.batch_size",
+            f"must be >= 2 (ITC needs negatives), got {self.batch_size}",
+        )
+        _require(self.shuffle_buffer >= 0, "data.shuffle_buffer", "must be >= 0")
+
+
+VISION_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+
+
+@dataclass
+class VisionConfig:
+    name: str = doc("torchvision ResNet architecture.", default="resnet50")
+    depths: list[int] | None = doc(
+        "Blocks per stage overriding the architecture's (4 ints); null keeps torchvision's.",
+        default=None,
+    )
+
+    def __post_init__(self) -> None:
+        _choice(self.name, "model.vision.name", VISION_ARCHS)
+        if self.depths is not None:
+            _require(
+                len(self.depths) == 4 and all(isinstance(d, int) and d >= 1 for d in self.depths),
+                "model.vision.depths",
+                f"must be 4 positive ints, got {self.depths}",
+            )
+
+
+@dataclass
+class TextConfig:
+    hidden_size: int = doc("BERT hidden width.", default=768)
+    layers: int = doc("BERT transformer layers.", default=12)
+    heads: int = doc("BERT attention heads.", default=12)
+    intermediate_size: int = doc("BERT feed-forward width.", default=3072)
+
+    def __post_init__(self) -> None:
+        for key in ("hidden_size", "layers", "heads", "intermediate_size"):
+            _require(getattr(self, key) >= 1, f"model.text.{key}", "must be >= 1")
+        _require(
+            self.hidden_size % self.heads == 0,
+            "model.text.heads",
+            f"must divide model.text.hidden_size ({self.hidden_size}), got {self.heads}",
+        )
+
+
+@dataclass
+class FusionConfig:
+    layers: int = doc("Cross-attention fusion layers.", default=6)
+    heads: int = doc("Attention heads in each fusion layer.", default=12)
+    dropout: float = doc("Dropout inside the fusion layers.", default=0.1)
+
+    def __post_init__(self) -> None:
+        _require(self.layers >= 1, "model.fusion.layers", f"must be >= 1, got {self.layers}")
+        _require(self.heads >= 1, "model.fusion.heads", f"must be >= 1, got {self.heads}")
+        _require(0.0 <= self.dropout < 1.0, "model.fusion.dropout", "must be in [0, 1)")
+
+
+@dataclass
+class ModelConfig:
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    embed_dim: int = doc("Width of the shared ITC embedding space.", default=256)
+
+    def __post_init__(self) -> None:
+        _require(self.embed_dim >= 1, "model.embed_dim", "must be >= 1")
+        _require(
+            self.text.hidden_size % self.fusion.heads == 0,
+            "model.fusion.heads",
+            f"must divide model.text.hidden_size ({self.text.hidden_size}),"
+            f" got {self.fusion.heads}",
+        )
+
+
+@dataclass
+class ObjectivesConfig:
+    itc: float = doc("Weight of image-text contrastive loss (0 skips it).", default=1.0)
+    itm: float = doc("Weight of image-text matching with hard negatives (0 skips it).", default=1.0)
+    mlm: float = doc(
+        "Weight of image-conditioned masked language modelling (0 skips it).", default=1.0
+    )
+    mlm_probability: float = doc("Share of caption tokens masked for MLM.", default=0.15)
+    temperature: float = doc("Initial ITC temperature (learned).", default=0.07)
+
+    def __post_init__(self) -> None:
+        for key in ("itc", "itm", "mlm"):
+            _require(getattr(self, key) >= 0, f"objectives.{key}", "weight must be >= 0")
+        _require(
+            self.itc + self.itm + self.mlm > 0,
+            "objectives",
+            "at least one of itc, itm, mlm must have a weight > 0",
+        )
+        _require(
+            0.0 < self.mlm_probability < 1.0, "objectives.mlm_probability", "must be in (0, 1)"
+        )
+        _require(0.0 < self.temperature <= 1.0, "objectives.temperature", "must be in (0, 1]")
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    num_workers: int = doc("Ray Train workers (one per GPU, or CPU processes).", default=2)
+    use_gpu: bool = doc(
+        "Give each worker one GPU (NCCL); false trains on CPU with gloo.", default=False
+    )
+    cpus_per_worker: float = doc(
+        "Logical CPUs reserved per worker; keep below the node's CPUs so Ray Data can run.",
+        default=1.0,
+    )
+    max_steps: int = doc("Optimizer steps to train for (the run ends here).", default=1000)
+    checkpoint_every: int = doc("Save a checkpoint every N steps (and at the end).", default=500)
+    log_every: int = doc("Print progress and write metrics.jsonl every N steps.", default=10)
+    storage_path: str = doc("Parent folder of run directories.", default="runs")
+    run_name: str = doc("Run directory name; re-using it resumes the run.", default="mmpretrain")
+    lr: float = doc("Peak learning rate of AdamW.", default=1e-4)
+    weight_decay: float = doc("AdamW weight decay.", default=0.02)
+    warmup_steps: int = doc("Linear warmup steps before the cosine decay.", default=100)
+    min_lr_ratio: float = doc("Cosine floor as a fraction of train.lr.", default=0.1)
+    zero_stage: int = doc("DeepSpeed ZeRO stage.", default=2)
+    precision: str = doc("auto (bf16 on GPU, fp32 on CPU), fp32 or bf16.", default="auto")
+    grad_accum: int = doc("Micro-batches accumulated per optimizer step.", default=1)
+    grad_clip: float = doc("Clip the global gradient norm to this; 0 disables.", default=1.0)
+    seed: int = doc("Seed for model init, masking and negative sampling.", default=0)
+
+    def __post_init__(self) -> None:
+        _require(self.num_workers >= 1, "train.num_workers", "must be >= 1")
+        _require(self.cpus_per_worker > 0, "train.cpus_per_worker", "must be > 0")
+        _require(self.max_steps >= 1, "train.max_steps", "must be >= 1")
+        _require(self.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
+        _require(self.log_every >= 1, "train.log_every", "must be >= 1")
+        _require(
+            bool(self.run_name) and "/" not in self.run_name,
+            "train.run_name",
+            "must be a non-empty name without '/'",
+        )
+        _require(self.lr > 0, "train.lr", "must be > 0")
+        _require(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+        _require(0.0 <= self.min_lr_ratio <= 1.0, "train.min_lr_ratio", "must be in [0, 1]")
+        _choice(self.zero_stage, "train.zero_stage", (0, 1, 2, 3))
+        _choice(self.precision, "train.precision", PRECISIONS)
+        _require(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
+        _require(self.grad_clip >= 0, "train.grad_clip", "must be >= 0")
+
+
+@dataclass
+class ClusterConfig:
+    address: str | None = doc(
+        "Ray cluster to join ('auto', 'ray://host:10001'); null starts an embedded local Ray "
+        "unless RAY_ADDRESS is set.",
+        default=None,
+    )
+    num_cpus: int | None = doc(
+        "Logical CPUs of the embedded Ray; null = workers' CPUs plus the machine's cores.",
+        default=None,
+    )
+
+    def __post_init__(self) -> None:
+        if self.num_cpus is not None:
+            _require(self.num_cpus >= 1, "cluster.num_cpus", "must be >= 1")
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        """Where checkpoints, metrics.jsonl, eval.json and the resolved config live."""
+        return Path(self.train.storage_path).expanduser().resolve() / self.train.run_name
+
+    def check_runnable(self) -> None:
+        """Checks that only matter when training, so `config show` works on a bare preset."""
+        _require(bool(self.data.train), "data.train", "a shard pattern is required to train")
+        _require(
+            bool(self.data.tokenizer),
+            "data.tokenizer",
+            "a tokenizer folder is required (make one with `mmpretrain tokenizer train`)",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building a config from plain data
+# ---------------------------------------------------------------------------------------------
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Checks a YAML value against a field's annotation; ints widen to floats, nothing else."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin is list:
+        (item_type,) = typing.get_args(tp)
+        _require(isinstance(value, list), key, f"expected a list, got {value!r}")
+        return [_coerce(item, item_type, f"{key}[{i}]") for i, item in enumerate(value)]
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        _require(
+            isinstance(value, int | float) and not isinstance(value, bool),
+            key,
+            f"expected a number, got {value!r}",
+        )
+        return float(value)
+    if tp is int:
+        _require(
+            isinstance(value, int) and not isinstance(value, bool),
+            key,
+            f"expected an integer, got {value!r}",
+        )
+        return value
+    if tp is bool:
+        _require(isinstance(value, bool), key, f"expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        _require(
+            isinstance(value, str | int | float) and not isinstance(value, bool),
+            key,
+            f"expected a string, got {value!r}",
+        )
+        return str(value)
+    raise ConfigError(f"{key}: unsupported field type {tp!r}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        where = prefix or "top level"
+        raise ConfigError(
+            f"unknown key {_join(prefix, unknown[0])!r} at {where}; allowed keys are {names}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        key = _join(prefix, name)
+        tp = hints[name]
+        kwargs[name] = _build(tp, value, key) if _is_dataclass_type(tp) else _coerce(value, tp, key)
+    return cls(**kwargs)
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _read_yaml(source: str | Path) -> dict[str, Any]:
+    path = Path(source)
+    if not path.suffix:
+        if str(source) not in preset_names():
+            raise ConfigError(
+                f"--config: no preset named {str(source)!r}; presets are"
+                f" {preset_names()} or give a path to a YAML file"
+            )
+        path = PRESET_DIR / f"{source}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"--config: file {str(path)!r} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config: {path} must hold a mapping at the top level")
+    return data
+
+
+def parse_overrides(overrides: typing.Sequence[str]) -> dict[str, Any]:
+    """Turns ``a.b=1`` strings into a nested dict; values are parsed as YAML scalars/lists."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.path=value")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override {item!r} has an empty key part")
+        node = tree
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with an earlier override")
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return tree
+
+
+def load_config(
+    source: str | Path | None = "tiny", overrides: typing.Sequence[str] = ()
+) -> RunConfig:
+    """Builds a validated ``RunConfig`` from a preset name or YAML path plus dotted overrides."""
+    data = _read_yaml(source) if source is not None else {}
+    data = _merge(data, parse_overrides(overrides))
+    return _build(RunConfig, data, "")
+
+
+def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    """Rebuilds a config shipped to Ray workers or saved in a run directory."""
+    return _build(RunConfig, data, "")
+
+
+def describe_fields(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted key, description) for every leaf field, for help output."""
+    rows: list[tuple[str, str]] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = _join(prefix, f.name)
+        if _is_dataclass_type(hints[f.name]):
+            rows.extend(describe_fields(hints[f.name], key))
+        else:
+            rows.append((key, f.metadata.get("doc", "")))
+    return rows

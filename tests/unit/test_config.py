@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mmpretrain.config import (
+    ConfigError,
+    RunConfig,
+    config_from_dict,
+    describe_fields,
+    load_config,
+    parse_overrides,
+    preset_names,
+)
+
+
+@pytest.mark.parametrize("preset", preset_names())
+def test_every_shipped_preset_loads_and_round_trips(preset: str) -> None:
+    cfg = load_config(preset)
+    assert isinstance(cfg, RunConfig)
+    assert config_from_dict(cfg.to_dict()) == cfg
+
+
+def test_presets_name_the_seed_model_sizes() -> None:
+    assert "tiny" in preset_names() and "base" in preset_names()
+    base = load_config("base")
+    assert base.model.vision.name == "resnet50" and base.model.vision.depths is None
+    assert (base.model.text.hidden_size, base.model.text.layers) == (768, 12)
+
+
+def test_overrides_apply_with_yaml_types() -> None:
+    cfg = load_config(
+        "tiny",
+        [
+            "train.max_steps=50",
+            "model.fusion.layers=2",
+            "train.lr=3e-4",
+            "model.vision.depths=[2, 2, 2, 2]",
+            "data.val=null",
+            "train.use_gpu=true",
+        ],
+    )
+    assert cfg.train.max_steps == 50
+    assert cfg.model.fusion.layers == 2
+    assert cfg.train.lr == pytest.approx(3e-4)
+    assert cfg.model.vision.depths == [2, 2, 2, 2]
+    assert cfg.data.val is None
+    assert cfg.train.use_gpu is True
+
+
+def test_overrides_beat_the_preset_and_keep_its_other_values() -> None:
+    tiny = load_config("tiny")
+    cfg = load_config("tiny", ["train.zero_stage=3"])
+    assert cfg.train.zero_stage == 3
+    assert cfg.model == tiny.model
+
+
+def test_integer_widens_to_float_but_not_the_reverse() -> None:
+    assert load_config("tiny", ["train.grad_clip=2"]).train.grad_clip == 2.0
+    with pytest.raises(ConfigError, match=r"train\.max_steps: expected an integer"):
+        load_config("tiny", ["train.max_steps=2.5"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trian.max_steps=1", r"unknown key 'trian' .*allowed keys are \['data', 'model'"),
+        (
+            "train.max_step=1",
+            r"unknown key 'train.max_step' at train; allowed keys are .*max_steps",
+        ),
+        ("train.zero_stage=4", r"train\.zero_stage: got 4; allowed values are \[0, 1, 2, 3\]"),
+        ("train.precision=fp8", r"train\.precision: got 'fp8'; allowed values are"),
+        ("model.vision.name=vit_b_16", r"model\.vision\.name: got 'vit_b_16'; allowed values"),
+        ("train.lr=fast", r"train\.lr: expected a number"),
+        ("train.use_gpu=maybe", r"train\.use_gpu: expected true or false"),
+        ("data.batch_size=1", r"data\.batch_size: must be >= 2"),
+        ("model.fusion.heads=5", r"model\.fusion\.heads: must divide"),
+        ("model.vision.depths=[1, 1]", r"model\.vision\.depths: must be 4 positive ints"),
+        ("objectives.mlm_probability=1.5", r"objectives\.mlm_probability"),
+    ],
+)
+def test_bad_values_name_the_key_and_what_is_allowed(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config("tiny", [override])
+
+
+def test_all_objective_weights_zero_is_refused() -> None:
+    with pytest.raises(ConfigError, match="at least one of itc, itm, mlm"):
+        load_config("tiny", ["objectives.itc=0", "objectives.itm=0", "objectives.mlm=0"])
+
+
+def test_malformed_overrides_and_unknown_presets() -> None:
+    with pytest.raises(ConfigError, match=r"must look like key\.path=value"):
+        parse_overrides(["train.max_steps"])
+    with pytest.raises(ConfigError, match="no preset named 'huge'"):
+        load_config("huge")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("/nonexistent/run.yaml")
+
+
+def test_yaml_file_config(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  max_steps: 7\n  run_name: mine\n")
+    cfg = load_config(path, ["train.max_steps=9"])
+    assert (cfg.train.max_steps, cfg.train.run_name) == (9, "mine")
+    assert cfg.run_dir == Path("runs").resolve() / "mine"
+
+
+def test_training_needs_data_and_tokenizer() -> None:
+    with pytest.raises(ConfigError, match=r"data\.train"):
+        load_config("tiny").check_runnable()
+
+
+def test_every_field_is_documented() -> None:
+    undocumented = [key for key, text in describe_fields() if not text]
+    assert undocumented == []
