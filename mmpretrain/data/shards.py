@@ -1,0 +1,75 @@
+"""Listing and writing WebDataset tar shards in img2dataset's layout.
+
+img2dataset writes ``00000.tar`` holding ``KEY.jpg``, ``KEY.txt`` and ``KEY.json`` per sample, with
+the members of one key next to each other (Ray's ``read_webdataset`` groups members by adjacent
+key). Writing tars ourselves with a fixed mtime keeps shards byte-identical for a seed.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import tarfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import braceexpand
+
+SHARD_SUFFIXES = (".tar",)
+
+
+class ShardPatternError(FileNotFoundError):
+    """A shard pattern that names no readable shard; raised before any Ray work starts."""
+
+
+def expand_shards(pattern: str) -> list[str]:
+    """Resolves a file, folder, glob or brace pattern (``shards/{00000..00009}.tar``) to paths.
+
+    Failing here, on the driver, gives the user the pattern back instead of an empty dataset
+    error from inside a Ray task minutes later.
+    """
+    if not pattern:
+        raise ShardPatternError("empty shard pattern")
+    paths: list[str] = []
+    for part in braceexpand.braceexpand(pattern):
+        path = Path(part).expanduser()
+        if path.is_dir():
+            paths.extend(str(p) for p in sorted(path.iterdir()) if p.suffix in SHARD_SUFFIXES)
+        elif any(ch in part for ch in "*?["):
+            paths.extend(sorted(glob.glob(str(path))))
+        elif path.is_file():
+            paths.append(str(path))
+        else:
+            raise ShardPatternError(f"shard {part!r} from pattern {pattern!r} does not exist")
+    if not paths:
+        raise ShardPatternError(f"shard pattern {pattern!r} matches no .tar shard")
+    return [str(Path(p).resolve()) for p in paths]
+
+
+def write_shard(path: str | Path, samples: Iterable[tuple[str, Mapping[str, bytes]]]) -> int:
+    """Writes ``(key, {extension: bytes})`` samples to one tar, members of a key contiguous."""
+    count = 0
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for key, members in samples:
+            for extension, payload in members.items():
+                info = tarfile.TarInfo(name=f"{key}.{extension}")
+                info.size = len(payload)
+                info.mtime = 0
+                info.mode = 0o644
+                tar.addfile(info, io.BytesIO(payload))
+            count += 1
+    return count
+
+
+def read_shard(path: str | Path) -> dict[str, dict[str, bytes]]:
+    """Reads a shard into ``{key: {extension: bytes}}``; for inspection and tests."""
+    samples: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(path, "r") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, _, extension = member.name.partition(".")
+            handle = tar.extractfile(member)
+            assert handle is not None
+            samples.setdefault(key, {})[extension] = handle.read()
+    return samples

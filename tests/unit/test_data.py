@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmpretrain.data.shards import ShardPatternError, expand_shards, read_shard, write_shard
+from mmpretrain.data.synth import write_synthetic_shards
+from mmpretrain.data.tokenizer import load_tokenizer
+from mmpretrain.data.transforms import decode_image, preprocess_batch
+
+
+def test_synth_shards_have_the_img2dataset_layout(tmp_path: Path) -> None:
+    paths = write_synthetic_shards(tmp_path, samples=10, shard_size=4, seed=1)
+    assert [p.name for p in paths] == ["00000.tar", "00001.tar", "00002.tar"]
+    with tarfile.open(paths[0]) as tar:
+        names = tar.getnames()
+    # Members of one key are adjacent, as read_webdataset requires.
+    keys = [name.split(".")[0] for name in names]
+    assert keys == sorted(keys) and len(names) == 12
+    samples = read_shard(paths[0])
+    assert len(samples) == 4
+    for key, members in samples.items():
+        assert set(members) == {"jpg", "txt", "json"}
+        meta = json.loads(members["json"])
+        assert meta["key"] == key and meta["caption"] == members["txt"].decode()
+        with Image.open(io.BytesIO(members["jpg"])) as image:
+            assert image.format == "JPEG" and image.size == (meta["width"], meta["height"])
+    assert len(read_shard(paths[2])) == 2
+
+
+def _digest(paths: list[Path]) -> str:
+    return hashlib.sha256(b"".join(p.read_bytes() for p in paths)).hexdigest()
+
+
+def test_synth_is_deterministic_for_a_seed(tmp_path: Path) -> None:
+    first = write_synthetic_shards(tmp_path / "a", samples=6, shard_size=3, seed=7)
+    again = write_synthetic_shards(tmp_path / "b", samples=6, shard_size=3, seed=7)
+    other = write_synthetic_shards(tmp_path / "c", samples=6, shard_size=3, seed=8)
+    assert _digest(first) == _digest(again)
+    assert _digest(first) != _digest(other)
+
+
+def test_synth_captions_describe_the_image(tmp_path: Path) -> None:
+    (path,) = write_synthetic_shards(tmp_path, samples=50, shard_size=50, seed=0)
+    captions = [m["txt"].decode() for m in read_shard(path).values()]
+    assert all(
+        any(
+            c in caption
+            for c in ("red", "green", "blue", "yellow", "purple", "orange", "black", "cyan")
+        )
+        for caption in captions
+    )
+    assert len(set(captions)) >= 48  # captions are rarely repeated
+
+
+def test_expand_shards_accepts_folder_glob_brace_and_names_missing(tmp_path: Path) -> None:
+    write_synthetic_shards(tmp_path, samples=6, shard_size=2, seed=0)
+    names = ["00000.tar", "00001.tar", "00002.tar"]
+    assert [Path(p).name for p in expand_shards(str(tmp_path))] == names
+    assert [Path(p).name for p in expand_shards(f"{tmp_path}/*.tar")] == names
+    assert [Path(p).name for p in expand_shards(f"{tmp_path}/{{00000..00001}}.tar")] == names[:2]
+    with pytest.raises(ShardPatternError, match=r"00003\.tar.*from pattern .*does not exist"):
+        expand_shards(f"{tmp_path}/{{00000..00007}}.tar")
+    with pytest.raises(ShardPatternError, match=r"matches no \.tar shard"):
+        expand_shards(f"{tmp_path}/*.zip")
+
+
+def test_tokenizer_is_bert_style_and_loads_with_transformers(synth_data) -> None:
+    from transformers import BertTokenizerFast
+
+    tok = load_tokenizer(str(synth_data["tokenizer"]))
+    ids, mask = tok.encode(["a large red circle at the top left", "red " * 100], max_len=16)
+    assert ids.shape == mask.shape == (2, 16) and ids.dtype == np.int64
+    assert ids[0, 0] == tok.cls_id and tok.sep_id in ids[0] and ids[0, -1] == tok.pad_id
+    assert ids[1, 0] == tok.cls_id and ids[1, -1] == tok.sep_id and mask[1].all()
+    hf = BertTokenizerFast.from_pretrained(str(synth_data["tokenizer"]))
+    expected = hf("a large red circle at the top left")["input_ids"]
+    assert ids[0, : len(expected)].tolist() == expected
+
+
+def test_tokenizer_folder_errors_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="not a tokenizer folder"):
+        load_tokenizer(str(tmp_path))
+
+
+def test_decode_crops_to_a_uint8_square() -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (300, 120), (255, 0, 0)).save(buffer, format="PNG")
+    image = decode_image(buffer.getvalue(), 64)
+    assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+    assert (image[..., 0] > 250).all()
+
+
+def test_preprocess_drops_unusable_samples_and_keeps_the_rest(synth_data, tmp_path) -> None:
+    good = read_shard(expand_shards(str(synth_data["train"]))[0])
+    keys = sorted(good)[:3]
+    rows = {
+        "__key__": np.array([*keys, "bad-jpeg", "no-caption"]),
+        "jpg": np.array(
+            [good[k]["jpg"] for k in keys] + [b"not a jpeg", good[keys[0]]["jpg"]], dtype=object
+        ),
+        "txt": np.array([good[k]["txt"] for k in keys] + [b"a caption", b""], dtype=object),
+    }
+    batch = preprocess_batch(rows, 48, 20, str(synth_data["tokenizer"]))
+    assert list(batch["key"]) == keys
+    assert batch["image"].shape == (3, 48, 48, 3) and batch["image"].dtype == np.uint8
+    assert batch["input_ids"].shape == (3, 20) and batch["attention_mask"].dtype == np.int64
+
+
+def test_write_shard_keeps_member_order(tmp_path: Path) -> None:
+    path = tmp_path / "x.tar"
+    write_shard(path, [("a", {"jpg": b"1", "txt": b"x"}), ("b", {"jpg": b"2", "txt": b"y"})])
+    with tarfile.open(path) as tar:
+        assert tar.getnames() == ["a.jpg", "a.txt", "b.jpg", "b.txt"]
