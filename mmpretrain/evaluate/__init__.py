@@ -1,0 +1,1 @@
+"""Evaluation metrics computed from embeddings (no Ray, no DeepSpeed)."""
