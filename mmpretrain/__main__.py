@@ -1,0 +1,3 @@
+from mmpretrain.cli import main
+
+raise SystemExit(main())

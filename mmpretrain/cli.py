@@ -1,0 +1,121 @@
+"""Command line: parse, load config, call the library. No logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from mmpretrain.config import ConfigError, describe_fields, load_config, preset_names
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", default="tiny", help=f"preset name ({', '.join(preset_names())}) or a YAML path"
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key.path=value",
+        help="dotted overrides, e.g. train.max_steps=50 model.fusion.layers=2",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmpretrain", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    config = commands.add_parser("config", help="show the resolved config or its keys")
+    config_commands = config.add_subparsers(dest="action", required=True)
+    _add_config_args(config_commands.add_parser("show", help="print the resolved config"))
+    config_commands.add_parser("keys", help="list every key with its description")
+
+    data = commands.add_parser("data", help="make or look at shards")
+    data_commands = data.add_subparsers(dest="action", required=True)
+    synth = data_commands.add_parser("synth", help="write the synthetic shapes data set")
+    synth.add_argument("--out", required=True)
+    synth.add_argument("--samples", type=int, required=True)
+    synth.add_argument("--shard-size", type=int, default=256)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--image-side", type=int, default=96)
+    synth.add_argument(
+        "--first-index",
+        type=int,
+        default=0,
+        help="offset of sample indices (use a large one for a held-out split)",
+    )
+
+    tokenizer = commands.add_parser("tokenizer", help="train a WordPiece tokenizer")
+    tokenizer_commands = tokenizer.add_subparsers(dest="action", required=True)
+    tok_train = tokenizer_commands.add_parser("train", help="train on the captions of shards")
+    tok_train.add_argument("--data", required=True, help="shard pattern")
+    tok_train.add_argument("--out", required=True)
+    tok_train.add_argument("--vocab-size", type=int, default=1000)
+
+    train = commands.add_parser("train", help="pretrain (resumes if the run directory exists)")
+    _add_config_args(train)
+    train.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster address (default: RAY_ADDRESS, else an embedded Ray)",
+    )
+
+    demo = commands.add_parser("demo", help="synthetic data -> tiny model -> retrieval eval")
+    demo.add_argument("--runs-dir", default="runs")
+    demo.add_argument("overrides", nargs="*", metavar="key.path=value")
+    return parser
+
+
+def _print_result(result) -> None:  # result: mmpretrain.train.launch.TrainResult
+    from mmpretrain.evaluate.retrieval import format_table
+
+    print(f"\nrun directory: {result.run_dir}")
+    print(f"checkpoint:    {result.checkpoint}")
+    print(f"metrics:       {result.run_dir / 'metrics.jsonl'}")
+    eval_path = result.run_dir / "eval.json"
+    if eval_path.exists():
+        print(f"eval results:  {eval_path}\n")
+        print(format_table(json.loads(eval_path.read_text())))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "config" and args.action == "show":
+            print(load_config(args.config, args.overrides).to_yaml(), end="")
+        elif args.command == "config":
+            for key, text in describe_fields():
+                print(f"{key:<28} {text}")
+        elif args.command == "data":
+            from mmpretrain.data.synth import write_synthetic_shards
+
+            paths = write_synthetic_shards(
+                args.out,
+                args.samples,
+                args.shard_size,
+                args.seed,
+                args.image_side,
+                args.first_index,
+            )
+            print(f"wrote {args.samples} samples in {len(paths)} shards to {args.out}")
+        elif args.command == "tokenizer":
+            from mmpretrain.data.tokenizer import load_tokenizer, train_tokenizer
+
+            out = train_tokenizer(args.data, args.out, args.vocab_size)
+            print(f"saved tokenizer ({load_tokenizer(str(out)).vocab_size} tokens) to {out}")
+        elif args.command == "train":
+            from mmpretrain.train.launch import run_training
+
+            overrides = list(args.overrides)
+            if args.address:
+                overrides.append(f"cluster.address={args.address}")
+            _print_result(run_training(load_config(args.config, overrides)))
+        elif args.command == "demo":
+            from mmpretrain.demo import run_demo
+
+            _print_result(run_demo(args.runs_dir, args.overrides))
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

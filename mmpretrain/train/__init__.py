@@ -1,0 +1,1 @@
+"""Where model, data and Ray meet: the per-worker loop, DeepSpeed, checkpoints, TorchTrainer."""

@@ -1,0 +1,119 @@
+"""Driver side of a run: validate, connect to Ray, build datasets, run the TorchTrainer.
+
+Everything that can be checked on the driver is checked before the first Ray call (shard
+patterns, tokenizer, resources), so a mistake costs seconds, not a worker-group start-up that
+retries forever.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+from ray.data import DataContext, ExecutionOptions
+from ray.train.torch import TorchTrainer
+
+from mmpretrain.config import RunConfig
+from mmpretrain.data.pipeline import build_dataset
+from mmpretrain.data.shards import expand_shards
+from mmpretrain.data.tokenizer import load_tokenizer
+from mmpretrain.train.loop import train_loop_per_worker
+
+DATA_CPUS_EMBEDDED = 2  # logical CPUs left to Ray Data in an embedded cluster
+
+
+class ResourceError(RuntimeError):
+    """The cluster cannot hold the requested worker group; Ray would otherwise wait forever."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    checkpoint: str | None
+    metrics: dict[str, Any]
+
+
+def embedded_cpus(cfg: RunConfig) -> int:
+    """Logical CPUs for a local Ray: the workers' share plus room for Ray Data.
+
+    Logical CPUs may exceed physical cores; if the workers took every CPU, Ray Data would get
+    none and ingest would stall without an error.
+    """
+    if cfg.cluster.num_cpus is not None:
+        return cfg.cluster.num_cpus
+    workers = cfg.train.num_workers * cfg.train.cpus_per_worker
+    return int(workers + 0.999) + max(DATA_CPUS_EMBEDDED, os.cpu_count() or 1)
+
+
+def connect(cfg: RunConfig) -> None:
+    """Joins ``cluster.address`` (or RAY_ADDRESS) if given, else starts an embedded Ray."""
+    if ray.is_initialized():
+        return
+    address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=embedded_cpus(cfg), log_to_driver=True)
+
+
+def check_resources(cfg: RunConfig) -> None:
+    total = ray.cluster_resources()
+    need_cpu = cfg.train.num_workers * cfg.train.cpus_per_worker
+    if total.get("CPU", 0) < need_cpu + 1:
+        raise ResourceError(
+            f"train.num_workers={cfg.train.num_workers} x train.cpus_per_worker="
+            f"{cfg.train.cpus_per_worker} needs {need_cpu:g} CPUs plus at least 1 for Ray Data,"
+            f" but the cluster has {total.get('CPU', 0):g}; lower them or add nodes"
+        )
+    if cfg.train.use_gpu and total.get("GPU", 0) < cfg.train.num_workers:
+        raise ResourceError(
+            f"train.use_gpu with train.num_workers={cfg.train.num_workers} needs that many GPUs,"
+            f" but the cluster has {total.get('GPU', 0):g}"
+        )
+
+
+def run_training(cfg: RunConfig) -> TrainResult:
+    cfg.check_runnable()
+    expand_shards(cfg.data.train)  # fail on a bad pattern before starting anything
+    if cfg.data.val:
+        expand_shards(cfg.data.val)
+    load_tokenizer(cfg.data.tokenizer)
+
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+
+    connect(cfg)
+    check_resources(cfg)
+    DataContext.get_current().enable_progress_bars = False  # the trainer prints progress
+    datasets = {"train": build_dataset(cfg.data.train, cfg.data, shuffle_seed=cfg.train.seed)}
+    if cfg.data.val:
+        datasets["val"] = build_dataset(cfg.data.val, cfg.data)
+
+    # The held-out set is read whole and in order by every worker (see train/evaluation.py).
+    val_options = ExecutionOptions(preserve_order=True)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": cfg.to_dict(), "datasets": sorted(datasets)},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.train.num_workers,
+            use_gpu=cfg.train.use_gpu,
+            resources_per_worker={"CPU": cfg.train.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name=cfg.train.run_name,
+            storage_path=str(run_dir.parent),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
+        ),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(
+            datasets_to_split=["train"], execution_options={"val": val_options}
+        ),
+    )
+    result = trainer.fit()
+    checkpoint = result.checkpoint.path if result.checkpoint is not None else None
+    return TrainResult(run_dir=run_dir, checkpoint=checkpoint, metrics=dict(result.metrics or {}))

@@ -1,0 +1,126 @@
+"""The per-worker training loop: read it top to bottom.
+
+tokenizer -> model -> DeepSpeed engine -> resume -> ``while step < max_steps`` over the worker's
+split of the shards -> checkpoint every N steps -> held-out retrieval evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import ray.train
+import torch
+import torch.distributed as dist
+
+from mmpretrain.config import RunConfig, config_from_dict
+from mmpretrain.data.pipeline import collate_batch
+from mmpretrain.data.tokenizer import load_tokenizer
+from mmpretrain.evaluate.retrieval import format_table
+from mmpretrain.model import TokenIds, build_task
+from mmpretrain.train.checkpoint import restore, save_and_report
+from mmpretrain.train.engine import build_engine
+from mmpretrain.train.evaluation import evaluate_retrieval
+from mmpretrain.train.progress import ProgressLog, console
+from mmpretrain.train.state import TrainState
+
+
+class EmptyEpochError(RuntimeError):
+    """The training split yields no full batch, so the loop could never advance."""
+
+
+def _mean_across_ranks(values: dict[str, torch.Tensor]) -> dict[str, float]:
+    names = sorted(values)
+    stacked = torch.stack([values[name].detach().float().cpu() for name in names])
+    if dist.is_initialized():
+        dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
+        stacked /= dist.get_world_size()
+    return dict(zip(names, stacked.tolist(), strict=True))
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    cfg: RunConfig = config_from_dict(loop_config["config"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
+    torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
+
+    # Identical initial weights on every rank; the engine broadcasts rank 0's anyway.
+    torch.manual_seed(cfg.train.seed)
+    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    tokens = TokenIds(
+        tokenizer.vocab_size,
+        tokenizer.pad_id,
+        tokenizer.cls_id,
+        tokenizer.sep_id,
+        tokenizer.mask_id,
+    )
+    task = build_task(cfg.model, cfg.objectives, tokens, cfg.data.max_text_len).to(device)
+    engine = build_engine(task, cfg)
+
+    state = TrainState()
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        state = restore(engine, checkpoint)
+        if rank == 0:
+            console(f"resumed from {checkpoint.path} at step {state.step}")
+    # Masking and negative sampling differ per rank and continue fresh after a resume.
+    torch.manual_seed(cfg.train.seed + 1000 * (rank + 1) + state.step)
+
+    progress = ProgressLog(cfg.run_dir, cfg.train.max_steps, state.step) if rank == 0 else None
+    train_split = ray.train.get_dataset_shard("train")
+    while state.step < cfg.train.max_steps:
+        batches_this_epoch = 0
+        for batch in train_split.iter_torch_batches(
+            batch_size=cfg.data.batch_size,
+            drop_last=True,
+            collate_fn=collate_batch,
+            local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
+        ):
+            batches_this_epoch += 1
+            images = batch["image"].to(device, non_blocking=True)
+            input_ids = batch["input_ids"].to(device, non_blocking=True)
+            attention_mask = batch["attention_mask"].to(device, non_blocking=True)
+
+            losses = engine(images, input_ids, attention_mask)
+            engine.backward(losses["loss"])
+            boundary = engine.is_gradient_accumulation_boundary()  # ask before step() moves on
+            engine.step()
+            state.samples_seen += len(images) * world
+            if not boundary:
+                continue
+            state.step += 1
+
+            if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps:
+                values = _mean_across_ranks(losses)  # collective: every rank joins
+                values["lr"] = engine.get_lr()[0]
+                values["epoch"] = state.epoch
+                if progress is not None:
+                    progress.log(state.step, state.samples_seen, values)
+
+            if state.step % cfg.train.checkpoint_every == 0 or state.step == cfg.train.max_steps:
+                save_and_report(engine, state, {"loss": losses["loss"].item()}, rank)
+
+            if state.step >= cfg.train.max_steps:
+                break
+        else:
+            if batches_this_epoch == 0:
+                raise EmptyEpochError(
+                    f"data.train yields no full batch of data.batch_size={cfg.data.batch_size} "
+                    f"per worker for {world} workers; add shards or lower data.batch_size"
+                )
+            state.epoch += 1
+
+    # Held-out retrieval at the end (collective: every rank embeds its stripe of the batches).
+    if "val" in loop_config.get("datasets", ()):
+        metrics = evaluate_retrieval(
+            engine.module,
+            ray.train.get_dataset_shard("val"),
+            batch_size=cfg.data.batch_size,
+            device=device,
+        )
+        if rank == 0:
+            metrics["step"] = state.step
+            (cfg.run_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
+            console(format_table(metrics))
+        ray.train.report({"step": state.step, **metrics})

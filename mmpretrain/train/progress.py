@@ -1,0 +1,69 @@
+"""Rank 0's view of the run: a progress line on the console and ``metrics.jsonl`` on disk."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def console(line: str) -> None:
+    """Writes a line to stdout once.
+
+    Ray Train patches ``print`` in workers to tee into its logger as well, which the driver then
+    shows twice; writing to the stream directly keeps one copy.
+    """
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+class ProgressLog:
+    def __init__(self, run_dir: Path, max_steps: int, start_step: int):
+        self.path = run_dir / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.max_steps = max_steps
+        self.last_time = time.monotonic()
+        self.last_step = start_step
+        self.last_samples: int | None = None
+
+    def log(self, step: int, samples_seen: int, values: dict[str, float]) -> dict[str, Any]:
+        """Appends one metrics row and prints the progress line; returns the row."""
+        now = time.monotonic()
+        elapsed = now - self.last_time
+        steps_done = step - self.last_step
+        samples_done = samples_seen - (
+            self.last_samples if self.last_samples is not None else samples_seen
+        )
+        row: dict[str, Any] = {
+            "step": step,
+            "time": time.time(),
+            "samples_seen": samples_seen,
+            **{k: round(float(v), 6) for k, v in values.items()},
+        }
+        if self.last_samples is not None and elapsed > 0:
+            row["samples_per_second"] = round(samples_done / elapsed, 2)
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        eta = elapsed / steps_done * (self.max_steps - step) if steps_done > 0 else 0.0
+        losses = " ".join(
+            f"{k.removeprefix('loss_')} {v:.3f}" for k, v in values.items() if k.startswith("loss_")
+        )
+        speed = (
+            f"{row['samples_per_second']:.1f} samples/s"
+            if "samples_per_second" in row
+            else "warming up"
+        )
+        console(
+            f"step {step}/{self.max_steps} | loss {values['loss']:.3f} ({losses}) | "
+            f"lr {values.get('lr', 0.0):.2e} | {speed} | ETA {_duration(eta)}"
+        )
+        self.last_time, self.last_step, self.last_samples = now, step, samples_seen
+        return row
