@@ -6,8 +6,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import ray.data
+import torch
 from ray.data import FileShuffleConfig
+from ray.data.collate_fn import NumpyBatchCollateFn
 
 from mmpretrain.config import DataConfig
 from mmpretrain.data.shards import expand_shards
@@ -50,16 +55,19 @@ def build_dataset(
     )
 
 
-def collate_batch(batch: dict) -> dict:
+class CollateBatch(NumpyBatchCollateFn):
     """numpy batch -> torch tensors, keeping sample keys as a list of str.
 
     Keys travel with every batch so the trainer can log what it consumed (the data position of a
-    checkpoint) without a second pass over the shards.
+    checkpoint) without a second pass over the shards; Ray's default collation rejects strings.
     """
-    import torch
 
-    out: dict = {
-        name: torch.from_numpy(batch[name]) for name in ("image", "input_ids", "attention_mask")
-    }
-    out["key"] = [str(key) for key in batch["key"]]
-    return out
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            name: torch.from_numpy(batch[name]) for name in ("image", "input_ids", "attention_mask")
+        }
+        out["key"] = [str(key) for key in batch["key"]]
+        return out
+
+
+collate_batch = CollateBatch()

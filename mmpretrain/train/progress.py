@@ -46,7 +46,7 @@ class ProgressLog:
             "step": step,
             "time": time.time(),
             "samples_seen": samples_seen,
-            **{k: round(float(v), 6) for k, v in values.items()},
+            **{k: float(f"{float(v):.6g}") for k, v in values.items()},
         }
         if self.last_samples is not None and elapsed > 0:
             row["samples_per_second"] = round(samples_done / elapsed, 2)
