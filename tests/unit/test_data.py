@@ -85,6 +85,17 @@ def test_tokenizer_is_bert_style_and_loads_with_transformers(synth_data) -> None
     assert ids[0, : len(expected)].tolist() == expected
 
 
+def test_vocab_only_bert_folder_loads_like_a_saved_bert_base(synth_data, tmp_path) -> None:
+    # A saved bert-base-uncased may carry only vocab.txt + tokenizer_config.json.
+    for name in ("vocab.txt", "tokenizer_config.json"):
+        (tmp_path / name).write_bytes((synth_data["tokenizer"] / name).read_bytes())
+    full = load_tokenizer(str(synth_data["tokenizer"]))
+    vocab_only = load_tokenizer(str(tmp_path))
+    caption = ["two shapes: a small cyan ring on the left and a large black cross at the top"]
+    assert (vocab_only.encode(caption, 24)[0] == full.encode(caption, 24)[0]).all()
+    assert (vocab_only.mask_id, vocab_only.pad_id) == (full.mask_id, full.pad_id)
+
+
 def test_tokenizer_folder_errors_are_clear(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="not a tokenizer folder"):
         load_tokenizer(str(tmp_path))
