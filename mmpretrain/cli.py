@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from mmpretrain.config import ConfigError, describe_fields, load_config, preset_names
+from mmpretrain.errors import DataQualityError, ResourceError
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +47,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="offset of sample indices (use a large one for a held-out split)",
     )
 
+    inspect = data_commands.add_parser(
+        "inspect", help="count samples, bad samples by reason, caption and image sizes"
+    )
+    inspect.add_argument("pattern", help="shard file, folder, glob or brace pattern")
+    inspect.add_argument("--json", action="store_true", help="print the report as JSON")
+    inspect.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 when the unusable share passes data.max_bad_fraction",
+    )
+    _add_config_args(inspect)
+
     tokenizer = commands.add_parser("tokenizer", help="train a WordPiece tokenizer")
     tokenizer_commands = tokenizer.add_subparsers(dest="action", required=True)
     tok_train = tokenizer_commands.add_parser("train", help="train on the captions of shards")
@@ -79,14 +92,41 @@ def _print_result(result) -> None:  # result: mmpretrain.train.launch.TrainResul
         print(format_table(json.loads(eval_path.read_text())))
 
 
+def _inspect(args: argparse.Namespace) -> int:
+    from mmpretrain.data.inspect import format_report, inspect_shards
+    from mmpretrain.data.pipeline import sample_rules
+
+    cfg = load_config(args.config, args.overrides)
+    report = inspect_shards(args.pattern, sample_rules(cfg.data))
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    limit = cfg.data.max_bad_fraction
+    if args.strict and report["bad_fraction"] > limit:
+        print(
+            f"error: {report['bad_fraction']:.2%} of samples are unusable, more than "
+            f"data.max_bad_fraction={limit:g}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides may follow options (`inspect DIR --strict data.x=1`), which argparse's
+    # positional handling rejects; collect any key=value leftovers as overrides.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any("=" not in item for item in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     try:
         if args.command == "config" and args.action == "show":
             print(load_config(args.config, args.overrides).to_yaml(), end="")
         elif args.command == "config":
             for key, text in describe_fields():
                 print(f"{key:<28} {text}")
+        elif args.command == "data" and args.action == "inspect":
+            return _inspect(args)
         elif args.command == "data":
             from mmpretrain.data.synth import write_synthetic_shards
 
@@ -118,4 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (DataQualityError, ResourceError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0

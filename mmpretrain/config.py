@@ -40,6 +40,9 @@ def _choice(value: Any, key: str, allowed: typing.Iterable[Any]) -> None:
     _require(value in allowed, key, f"got {value!r}; allowed values are {allowed}")
 
 
+CAPTION_SOURCES = ("txt", "json", "cls")
+
+
 @dataclass
 class DataConfig:
     train: str = doc("Training shards: a tar file, folder, glob or brace pattern.", default="")
@@ -56,7 +59,40 @@ class DataConfig:
         "Rows in the local shuffle buffer of each worker; 0 disables.", default=256
     )
 
+    caption_source: str = doc(
+        "Where captions come from: txt member, a json field, or a cls label.", default="txt"
+    )
+    caption_json_field: str = doc(
+        "Field of the json member holding the caption (data.caption_source=json).",
+        default="caption",
+    )
+    label_template: str = doc(
+        "Caption made from a cls label (data.caption_source=cls).",
+        default="a photo of a {label}",
+    )
+    class_names: list[str] | None = doc(
+        "Names for integer cls labels, by index; null uses the label text itself.", default=None
+    )
+    min_image_side: int = doc("Images with a shorter side are skipped as too small.", default=16)
+    max_image_pixels: int = doc(
+        "Images with more pixels are refused before decoding (decompression bombs).",
+        default=50_000_000,
+    )
+    max_bad_fraction: float = doc(
+        "Stop the run when more than this share of samples read so far was unusable.",
+        default=0.5,
+    )
+
     def __post_init__(self) -> None:
+        _choice(self.caption_source, "data.caption_source", CAPTION_SOURCES)
+        _require(
+            "{label}" in self.label_template,
+            "data.label_template",
+            f"must contain '{{label}}', got {self.label_template!r}",
+        )
+        _require(self.min_image_side >= 1, "data.min_image_side", "must be >= 1")
+        _require(self.max_image_pixels >= 1, "data.max_image_pixels", "must be >= 1")
+        _require(0.0 <= self.max_bad_fraction <= 1.0, "data.max_bad_fraction", "must be in [0, 1]")
         _require(self.image_size >= 32, "data.image_size", f"must be >= 32, got {self.image_size}")
         _require(
             self.max_text_len >= 8, "data.max_text_len", f"must be >= 8, got {self.max_text_len}"

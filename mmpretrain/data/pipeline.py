@@ -16,20 +16,44 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 
 from mmpretrain.config import DataConfig
 from mmpretrain.data.shards import expand_shards
-from mmpretrain.data.transforms import IMAGE_EXTENSIONS, preprocess_batch
+from mmpretrain.data.transforms import IMAGE_EXTENSIONS, SampleRules, preprocess_batch
 
-# Members read from each sample; anything else in the tar (e.g. .parquet sidecars) is ignored.
-MEMBER_SUFFIXES = [*IMAGE_EXTENSIONS, "txt", "json"]
+# Members read from each sample (any case); anything else in the tar is ignored.
+MEMBER_SUFFIXES = frozenset([*IMAGE_EXTENSIONS, "txt", "json", "cls"])
+SHARD_FILE_EXTENSIONS = ["tar", "tgz", "gz"]
 PREPROCESS_BATCH_ROWS = 64
 
 
+def sample_rules(cfg: DataConfig) -> SampleRules:
+    return SampleRules(
+        image_size=cfg.image_size,
+        max_text_len=cfg.max_text_len,
+        tokenizer=cfg.tokenizer,
+        min_image_side=cfg.min_image_side,
+        max_image_pixels=cfg.max_image_pixels,
+        caption_source=cfg.caption_source,
+        caption_json_field=cfg.caption_json_field,
+        label_template=cfg.label_template,
+        class_names=tuple(cfg.class_names or ()),
+    )
+
+
+def _wanted_member(suffix: str) -> bool:
+    return suffix.lower() in MEMBER_SUFFIXES
+
+
 def build_dataset(
-    pattern: str, cfg: DataConfig, *, shuffle_seed: int | None = None
+    pattern: str,
+    cfg: DataConfig,
+    *,
+    shuffle_seed: int | None = None,
+    counter: str | None = None,
 ) -> ray.data.Dataset:
     """Streams shards matching ``pattern`` as training-ready rows.
 
     With ``shuffle_seed`` set the shard order is shuffled per epoch (seeded); evaluation passes
-    None and reads shards in order.
+    None and reads shards in order. ``counter`` names the run's QualityCounter actor that books
+    seen and skipped samples.
     """
     paths = expand_shards(pattern)
     shuffle = None
@@ -38,8 +62,8 @@ def build_dataset(
     raw = ray.data.read_webdataset(
         paths,
         decoder=None,
-        suffixes=MEMBER_SUFFIXES,
-        file_extensions=["tar"],
+        suffixes=_wanted_member,
+        file_extensions=SHARD_FILE_EXTENSIONS,
         shuffle=shuffle,
         override_num_blocks=len(paths),
     )
@@ -47,11 +71,7 @@ def build_dataset(
         preprocess_batch,
         batch_size=PREPROCESS_BATCH_ROWS,
         batch_format="numpy",
-        fn_kwargs={
-            "image_size": cfg.image_size,
-            "max_text_len": cfg.max_text_len,
-            "tokenizer_path": cfg.tokenizer,
-        },
+        fn_kwargs={"rules": sample_rules(cfg), "counter": counter},
     )
 
 

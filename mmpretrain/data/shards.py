@@ -10,12 +10,12 @@ from __future__ import annotations
 import glob
 import io
 import tarfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import braceexpand
 
-SHARD_SUFFIXES = (".tar",)
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 
 
 class ShardPatternError(FileNotFoundError):
@@ -34,7 +34,7 @@ def expand_shards(pattern: str) -> list[str]:
     for part in braceexpand.braceexpand(pattern):
         path = Path(part).expanduser()
         if path.is_dir():
-            paths.extend(str(p) for p in sorted(path.iterdir()) if p.suffix in SHARD_SUFFIXES)
+            paths.extend(str(p) for p in sorted(path.iterdir()) if p.name.endswith(SHARD_SUFFIXES))
         elif any(ch in part for ch in "*?["):
             paths.extend(sorted(glob.glob(str(path))))
         elif path.is_file():
@@ -42,7 +42,9 @@ def expand_shards(pattern: str) -> list[str]:
         else:
             raise ShardPatternError(f"shard {part!r} from pattern {pattern!r} does not exist")
     if not paths:
-        raise ShardPatternError(f"shard pattern {pattern!r} matches no .tar shard")
+        raise ShardPatternError(
+            f"shard pattern {pattern!r} matches no shard ({', '.join(SHARD_SUFFIXES)})"
+        )
     return [str(Path(p).resolve()) for p in paths]
 
 
@@ -61,15 +63,38 @@ def write_shard(path: str | Path, samples: Iterable[tuple[str, Mapping[str, byte
     return count
 
 
-def read_shard(path: str | Path) -> dict[str, dict[str, bytes]]:
-    """Reads a shard into ``{key: {extension: bytes}}``; for inspection and tests."""
-    samples: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(path, "r") as tar:
+def iter_shard(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Streams ``(key, {extension: bytes})`` from a .tar or .tar.gz, one sample at a time.
+
+    Members of a key are grouped while adjacent, as WebDataset requires. On a damaged archive
+    the samples before the damage are yielded, then the tar error propagates.
+    """
+    key: str | None = None
+    members: dict[str, bytes] = {}
+    with tarfile.open(path, "r|*") as tar:
         for member in tar:
             if not member.isfile():
                 continue
-            key, _, extension = member.name.partition(".")
+            name = member.name.rsplit("/", 1)[-1]
+            prefix = member.name[: len(member.name) - len(name)]
+            stem, _, extension = name.partition(".")
+            if prefix + stem != key:  # a new sample starts: the previous one is complete
+                if key is not None:
+                    yield key, members
+                key, members = prefix + stem, {}
             handle = tar.extractfile(member)
             assert handle is not None
-            samples.setdefault(key, {})[extension] = handle.read()
-    return samples
+            payload = handle.read()
+            if len(payload) < member.size:  # stream mode returns short reads silently
+                raise tarfile.ReadError(
+                    f"{path}: member {member.name} cut short"
+                    f" ({len(payload)} of {member.size} bytes)"
+                )
+            members[extension] = payload
+    if key is not None:
+        yield key, members
+
+
+def read_shard(path: str | Path) -> dict[str, dict[str, bytes]]:
+    """Reads a shard into ``{key: {extension: bytes}}``; for inspection and tests."""
+    return dict(iter_shard(path))

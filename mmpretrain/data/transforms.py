@@ -1,95 +1,228 @@
 """Per-sample preprocessing run inside Ray Data tasks: decode, crop, tokenize.
 
 Images leave here as uint8 HWC arrays (a quarter of float32's bytes through the object store);
-normalisation happens on the training device.
+normalisation happens on the training device. A sample that cannot be used is dropped and
+counted by reason (``SkipReason``); it never raises out of a batch, so one bad JPEG in a corpus of
+millions cannot fail a block or the run.
 """
 
 from __future__ import annotations
 
 import io
-import logging
+import json
+from collections import Counter
+from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import numpy as np
-from PIL import Image
-
-logger = logging.getLogger(__name__)
+from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 
 
-def decode_image(payload: bytes, size: int) -> np.ndarray:
+class SkipReason(str, Enum):
+    """Why a sample was dropped; the values are metric label values."""
+
+    NO_IMAGE = "no_image"
+    EMPTY_MEMBER = "empty_member"
+    CORRUPT_IMAGE = "corrupt_image"
+    IMAGE_TOO_SMALL = "image_too_small"
+    IMAGE_TOO_LARGE = "image_too_large"
+    MISSING_CAPTION = "missing_caption"
+    EMPTY_CAPTION = "empty_caption"
+    CAPTION_NOT_UTF8 = "caption_not_utf8"
+
+
+class UnusableSampleError(ValueError):
+    def __init__(self, reason: SkipReason, detail: str = ""):
+        super().__init__(f"{reason.value}: {detail}" if detail else reason.value)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class SampleRules:
+    """What makes a sample usable; built from DataConfig so data tasks need no config import."""
+
+    image_size: int
+    max_text_len: int
+    tokenizer: str
+    min_image_side: int = 16
+    max_image_pixels: int = 50_000_000
+    caption_source: str = "txt"  # txt | json | cls
+    caption_json_field: str = "caption"
+    label_template: str = "a photo of a {label}"
+    class_names: tuple[str, ...] = ()
+
+
+def _flatten_to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB: transparency composited on white, 16-bit scaled, CMYK converted."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        pixels = np.asarray(image, dtype=np.int64)
+        if image.mode == "I":  # 32-bit ints: PNG 16-bit greyscale often decodes as "I"
+            pixels = np.clip(pixels, 0, 65535)
+        image = Image.fromarray((pixels >> 8).astype(np.uint8), mode="L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def decode_image(
+    payload: bytes, size: int, min_side: int = 16, max_pixels: int = 50_000_000
+) -> np.ndarray:
     """Decodes image bytes to a ``size`` x ``size`` RGB uint8 centre crop.
 
-    ``draft`` lets libjpeg decode at a reduced scale when the source is much larger than the
-    crop, which is most of the decode cost for web images.
+    Raises UnusableSampleError with the reason when the bytes cannot make a training image.
+
+    The pixel count is checked from the header before any pixel is decoded, so a decompression
+    bomb costs nothing. ``draft`` lets libjpeg decode at a reduced scale when the source is much
+    larger than the crop, which is most of the decode cost for web images. EXIF orientation is
+    applied, as a camera's viewer would.
     """
-    with Image.open(io.BytesIO(payload)) as image:
-        image.draft("RGB", (size, size))
-        image = image.convert("RGB")
-        width, height = image.size
-        scale = size / min(width, height)
-        resized = (max(size, round(width * scale)), max(size, round(height * scale)))
-        image = image.resize(resized, Image.Resampling.BICUBIC)
-        left = (resized[0] - size) // 2
-        top = (resized[1] - size) // 2
-        image = image.crop((left, top, left + size, top + size))
-        return np.asarray(image, dtype=np.uint8)
+    if not payload:
+        raise UnusableSampleError(SkipReason.EMPTY_MEMBER)
+    try:
+        with Image.open(io.BytesIO(payload)) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise UnusableSampleError(SkipReason.IMAGE_TOO_LARGE, f"{width}x{height}")
+            if min(width, height) < min_side:
+                raise UnusableSampleError(SkipReason.IMAGE_TOO_SMALL, f"{width}x{height}")
+            image.draft("RGB", (size, size))
+            image = ImageOps.exif_transpose(image)
+            image = _flatten_to_rgb(image)
+    except UnusableSampleError:
+        raise
+    except Image.DecompressionBombError as exc:  # Pillow's own header check, past 2x its limit
+        raise UnusableSampleError(SkipReason.IMAGE_TOO_LARGE, str(exc)) from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise UnusableSampleError(SkipReason.CORRUPT_IMAGE, str(exc)) from exc
+    width, height = image.size
+    scale = size / min(width, height)
+    resized = (max(size, round(width * scale)), max(size, round(height * scale)))
+    image = image.resize(resized, Image.Resampling.BICUBIC)
+    left, top = (resized[0] - size) // 2, (resized[1] - size) // 2
+    return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
-def _first_present(row: dict[str, Any], extensions: tuple[str, ...]) -> bytes | None:
-    for extension in extensions:
-        value = row.get(extension)
-        if value is not None and len(value) > 0:
-            return value
+def _text(payload: Any) -> str:
+    try:
+        return bytes(payload).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UnusableSampleError(SkipReason.CAPTION_NOT_UTF8) from exc
+
+
+def extract_caption(members: dict[str, Any], rules: SampleRules) -> str:
+    """The caption from ``txt``, a ``json`` field, or a ``cls`` label through the template."""
+    if rules.caption_source == "txt":
+        raw = members.get("txt")
+        if raw is None:
+            raise UnusableSampleError(SkipReason.MISSING_CAPTION)
+        caption = _text(raw)
+    elif rules.caption_source == "json":
+        raw = members.get("json")
+        if raw is None:
+            raise UnusableSampleError(SkipReason.MISSING_CAPTION)
+        try:
+            value = json.loads(_text(raw)).get(rules.caption_json_field)
+        except (json.JSONDecodeError, AttributeError) as exc:
+            raise UnusableSampleError(SkipReason.MISSING_CAPTION, "unreadable json") from exc
+        if value is None:
+            raise UnusableSampleError(SkipReason.MISSING_CAPTION)
+        caption = str(value)
+    else:
+        raw = members.get("cls")
+        if raw is None:
+            raise UnusableSampleError(SkipReason.MISSING_CAPTION)
+        label = _text(raw).strip()
+        if label.isdigit() and rules.class_names:
+            index = int(label)
+            if index >= len(rules.class_names):
+                raise UnusableSampleError(SkipReason.MISSING_CAPTION, f"class {index} has no name")
+            label = rules.class_names[index]
+        caption = rules.label_template.format(label=label) if label else ""
+    caption = caption.strip()
+    if not caption:
+        raise UnusableSampleError(SkipReason.EMPTY_CAPTION)
+    return caption
+
+
+def prepare_sample(members: dict[str, Any], rules: SampleRules) -> tuple[np.ndarray, str]:
+    """One sample's members (lower-cased extension -> bytes) -> (image, caption)."""
+    image_ext = next((ext for ext in IMAGE_EXTENSIONS if members.get(ext) is not None), None)
+    if image_ext is None:
+        raise UnusableSampleError(SkipReason.NO_IMAGE)
+    caption = extract_caption(members, rules)
+    image = decode_image(
+        members[image_ext], rules.image_size, rules.min_image_side, rules.max_image_pixels
+    )
+    return image, caption
+
+
+def _as_bytes(value: Any) -> bytes | None:
+    """A member's bytes, or None where this sample lacks it (Ray fills gaps with None or NaN)."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
     return None
 
 
-def preprocess_batch(
-    batch: dict[str, np.ndarray], image_size: int, max_text_len: int, tokenizer_path: str
-) -> dict[str, np.ndarray]:
-    """Turns a batch of raw WebDataset rows into training-ready arrays.
-
-    A sample whose image does not decode or whose caption is missing is dropped with a warning
-    naming its key, so one bad member never fails the block.
-    """
+def preprocess_rows(
+    batch: dict[str, np.ndarray], rules: SampleRules
+) -> tuple[dict[str, np.ndarray], Counter]:
+    """Raw WebDataset rows -> training-ready arrays, plus counts of seen and skipped samples."""
     from mmpretrain.data.tokenizer import load_tokenizer
 
+    # "JPG" and "jpg" members of different samples arrive as separate columns: merge by case.
+    columns: dict[str, list[str]] = {}
+    for name in batch:
+        if not name.startswith("__"):
+            columns.setdefault(name.lower(), []).append(name)
     keys = [str(k) for k in batch["__key__"]]
+    counts: Counter = Counter(seen=len(keys))
     images: list[np.ndarray] = []
     captions: list[str] = []
-    kept_keys: list[str] = []
+    kept: list[str] = []
     for index, key in enumerate(keys):
-        row = {name: batch[name][index] for name in batch if name in (*IMAGE_EXTENSIONS, "txt")}
-        image_bytes = _first_present(row, IMAGE_EXTENSIONS)
-        caption_bytes = row.get("txt")
-        if image_bytes is None or caption_bytes is None or len(caption_bytes) == 0:
-            logger.warning("dropping sample %s: missing image or caption", key)
-            continue
+        members = {
+            lower: next((v for n in names if (v := _as_bytes(batch[n][index])) is not None), None)
+            for lower, names in columns.items()
+        }
         try:
-            image = decode_image(image_bytes, image_size)
-            caption = bytes(caption_bytes).decode("utf-8").strip()
-        except (OSError, ValueError, UnicodeDecodeError) as exc:
-            logger.warning("dropping sample %s: %s", key, exc)
-            continue
-        if not caption:
-            logger.warning("dropping sample %s: empty caption", key)
+            image, caption = prepare_sample(members, rules)
+        except UnusableSampleError as bad:
+            counts[f"skipped_{bad.reason.value}"] += 1
             continue
         images.append(image)
         captions.append(caption)
-        kept_keys.append(key)
+        kept.append(key)
 
-    tokenizer = load_tokenizer(tokenizer_path)
+    size, length = rules.image_size, rules.max_text_len
     if captions:
-        input_ids, attention_mask = tokenizer.encode(captions, max_text_len)
+        input_ids, attention_mask = load_tokenizer(rules.tokenizer).encode(captions, length)
         image_array = np.stack(images)
     else:
-        input_ids = np.zeros((0, max_text_len), dtype=np.int64)
-        attention_mask = np.zeros((0, max_text_len), dtype=np.int64)
-        image_array = np.zeros((0, image_size, image_size, 3), dtype=np.uint8)
-    return {
+        input_ids = np.zeros((0, length), dtype=np.int64)
+        attention_mask = np.zeros((0, length), dtype=np.int64)
+        image_array = np.zeros((0, size, size, 3), dtype=np.uint8)
+    batch_out = {
         "image": image_array,
         "input_ids": input_ids,
         "attention_mask": attention_mask,
-        "key": np.array(kept_keys, dtype=object),
+        "key": np.array(kept, dtype=object),
     }
+    return batch_out, counts
+
+
+def preprocess_batch(
+    batch: dict[str, np.ndarray], rules: SampleRules, counter: str | None = None
+) -> dict[str, np.ndarray]:
+    """The ``map_batches`` step: preprocess, then book the counts with the run's counter."""
+    from mmpretrain.data import quality
+
+    out, counts = preprocess_rows(batch, rules)
+    quality.report(counter, counts)
+    return out

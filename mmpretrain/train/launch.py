@@ -18,16 +18,14 @@ from ray.data import DataContext, ExecutionOptions
 from ray.train.torch import TorchTrainer
 
 from mmpretrain.config import RunConfig
+from mmpretrain.data import quality
 from mmpretrain.data.pipeline import build_dataset
 from mmpretrain.data.shards import expand_shards
 from mmpretrain.data.tokenizer import load_tokenizer
+from mmpretrain.errors import ResourceError
 from mmpretrain.train.loop import train_loop_per_worker
 
 DATA_CPUS_EMBEDDED = 2  # logical CPUs left to Ray Data in an embedded cluster
-
-
-class ResourceError(RuntimeError):
-    """The cluster cannot hold the requested worker group; Ray would otherwise wait forever."""
 
 
 @dataclass
@@ -90,7 +88,13 @@ def run_training(cfg: RunConfig) -> TrainResult:
     connect(cfg)
     check_resources(cfg)
     DataContext.get_current().enable_progress_bars = False  # the trainer prints progress
-    datasets = {"train": build_dataset(cfg.data.train, cfg.data, shuffle_seed=cfg.train.seed)}
+    train_counter = quality.counter_name(cfg.train.run_name, "train")
+    counter_handle = quality.create_counter(train_counter)  # the actor lives while this does
+    datasets = {
+        "train": build_dataset(
+            cfg.data.train, cfg.data, shuffle_seed=cfg.train.seed, counter=train_counter
+        )
+    }
     if cfg.data.val:
         datasets["val"] = build_dataset(cfg.data.val, cfg.data)
 
@@ -98,7 +102,11 @@ def run_training(cfg: RunConfig) -> TrainResult:
     val_options = ExecutionOptions(preserve_order=True)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": cfg.to_dict(), "datasets": sorted(datasets)},
+        train_loop_config={
+            "config": cfg.to_dict(),
+            "datasets": sorted(datasets),
+            "quality_counter": train_counter,
+        },
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.train.num_workers,
             use_gpu=cfg.train.use_gpu,
@@ -114,6 +122,12 @@ def run_training(cfg: RunConfig) -> TrainResult:
             datasets_to_split=["train"], execution_options={"val": val_options}
         ),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        # Say why in our words when the workers stopped on bad data, not in a worker traceback.
+        quality.check_bad_fraction(quality.snapshot(train_counter), cfg.data.max_bad_fraction)
+        raise exc
+    del counter_handle
     checkpoint = result.checkpoint.path if result.checkpoint is not None else None
     return TrainResult(run_dir=run_dir, checkpoint=checkpoint, metrics=dict(result.metrics or {}))

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from mmpretrain.config import RunConfig, config_from_dict
+from mmpretrain.data import quality
 from mmpretrain.data.pipeline import collate_batch
 from mmpretrain.data.tokenizer import load_tokenizer
 from mmpretrain.evaluate.retrieval import format_table
@@ -36,6 +37,18 @@ def _mean_across_ranks(values: dict[str, torch.Tensor]) -> dict[str, float]:
         dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
         stacked /= dist.get_world_size()
     return dict(zip(names, stacked.tolist(), strict=True))
+
+
+def _shared_quality_counts(counter: str | None, rank: int) -> dict[str, int]:
+    """Rank 0 reads the run's data-quality books and every rank gets the same copy.
+
+    Every rank must judge data.max_bad_fraction on identical numbers, or one rank would stop
+    while the others wait for it in a collective.
+    """
+    holder: list[dict[str, int]] = [quality.snapshot(counter) if rank == 0 and counter else {}]
+    if dist.is_initialized():
+        dist.broadcast_object_list(holder, src=0)
+    return holder[0]
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -95,8 +108,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 values = _mean_across_ranks(losses)  # collective: every rank joins
                 values["lr"] = engine.get_lr()[0]
                 values["epoch"] = state.epoch
+                counts = _shared_quality_counts(loop_config.get("quality_counter"), rank)
+                values.update(counts, bad_fraction=quality.bad_fraction(counts))
                 if progress is not None:
                     progress.log(state.step, state.samples_seen, values)
+                quality.check_bad_fraction(counts, cfg.data.max_bad_fraction)
 
             if state.step % cfg.train.checkpoint_every == 0 or state.step == cfg.train.max_steps:
                 save_and_report(engine, state, {"loss": losses["loss"].item()}, rank)

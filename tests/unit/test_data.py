@@ -13,7 +13,7 @@ from PIL import Image
 from mmpretrain.data.shards import ShardPatternError, expand_shards, read_shard, write_shard
 from mmpretrain.data.synth import write_synthetic_shards
 from mmpretrain.data.tokenizer import load_tokenizer
-from mmpretrain.data.transforms import decode_image, preprocess_batch
+from mmpretrain.data.transforms import decode_image
 
 
 def test_synth_shards_have_the_img2dataset_layout(tmp_path: Path) -> None:
@@ -68,7 +68,7 @@ def test_expand_shards_accepts_folder_glob_brace_and_names_missing(tmp_path: Pat
     assert [Path(p).name for p in expand_shards(f"{tmp_path}/{{00000..00001}}.tar")] == names[:2]
     with pytest.raises(ShardPatternError, match=r"00003\.tar.*from pattern .*does not exist"):
         expand_shards(f"{tmp_path}/{{00000..00007}}.tar")
-    with pytest.raises(ShardPatternError, match=r"matches no \.tar shard"):
+    with pytest.raises(ShardPatternError, match=r"matches no shard"):
         expand_shards(f"{tmp_path}/*.zip")
 
 
@@ -107,22 +107,6 @@ def test_decode_crops_to_a_uint8_square() -> None:
     image = decode_image(buffer.getvalue(), 64)
     assert image.shape == (64, 64, 3) and image.dtype == np.uint8
     assert (image[..., 0] > 250).all()
-
-
-def test_preprocess_drops_unusable_samples_and_keeps_the_rest(synth_data, tmp_path) -> None:
-    good = read_shard(expand_shards(str(synth_data["train"]))[0])
-    keys = sorted(good)[:3]
-    rows = {
-        "__key__": np.array([*keys, "bad-jpeg", "no-caption"]),
-        "jpg": np.array(
-            [good[k]["jpg"] for k in keys] + [b"not a jpeg", good[keys[0]]["jpg"]], dtype=object
-        ),
-        "txt": np.array([good[k]["txt"] for k in keys] + [b"a caption", b""], dtype=object),
-    }
-    batch = preprocess_batch(rows, 48, 20, str(synth_data["tokenizer"]))
-    assert list(batch["key"]) == keys
-    assert batch["image"].shape == (3, 48, 48, 3) and batch["image"].dtype == np.uint8
-    assert batch["input_ids"].shape == (3, 20) and batch["attention_mask"].dtype == np.int64
 
 
 def test_write_shard_keeps_member_order(tmp_path: Path) -> None:

@@ -1,0 +1,9 @@
+"""Errors a user can act on, importable without Ray or torch so the CLI can report them."""
+
+
+class DataQualityError(RuntimeError):
+    """More of the data was unusable than ``data.max_bad_fraction`` allows."""
+
+
+class ResourceError(RuntimeError):
+    """The cluster cannot hold the requested worker group; Ray would otherwise wait forever."""

@@ -1,0 +1,53 @@
+"""`mmpretrain data inspect` reports what training would skip, for the same reasons."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+from mmpretrain.cli import main
+from mmpretrain.data.inspect import inspect_shards
+from mmpretrain.data.transforms import SampleRules
+from tests.badshards import BAD_REASONS, write_mixed_shards
+
+
+def _with_truncated_copy(folder: Path) -> None:
+    """A third shard: a copy of the first, cut off halfway through its 7th member's data."""
+    source = folder / "00000.tar"
+    with tarfile.open(source) as tar:
+        member = tar.getmembers()[6]
+    cut = member.offset_data + member.size // 2
+    (folder / "00002.tar").write_bytes(source.read_bytes()[:cut])
+
+
+def test_inspect_counts_samples_reasons_and_damage(tmp_path: Path) -> None:
+    kinds = write_mixed_shards(tmp_path, good=10)
+    _with_truncated_copy(tmp_path)
+    report = inspect_shards(str(tmp_path), SampleRules(32, 16, tokenizer=""))
+    first, second, damaged = report["shards"]
+    assert first["samples"] + second["samples"] == sum(len(v) for v in kinds.values())
+    expected: dict[str, int] = {}
+    for reason in BAD_REASONS.values():
+        expected[reason] = expected.get(reason, 0) + 1
+    merged: dict[str, int] = {}
+    for shard in (first, second):
+        for reason, count in shard["skipped"].items():
+            merged[reason] = merged.get(reason, 0) + count
+    assert merged == expected
+    assert damaged["error"].startswith("damaged after 3 samples")
+    assert damaged["skipped"]["truncated_tar"] == 1
+    assert report["damaged_shards"] == [damaged["path"]]
+    assert report["extensions"]["txt"] > 0 and "jpg" in report["extensions"]
+    assert report["caption_words"]["min"] >= 1 and report["image_shorter_side"]["max"] == 96
+
+
+def test_cli_inspect_json_and_strict(tmp_path: Path, capsys) -> None:
+    write_mixed_shards(tmp_path, good=10)
+    assert main(["data", "inspect", str(tmp_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert 0.3 < report["bad_fraction"] < 0.4  # 9 bad of 25
+    assert main(["data", "inspect", str(tmp_path), "--strict", "data.max_bad_fraction=0.5"]) == 0
+    capsys.readouterr()
+    assert main(["data", "inspect", str(tmp_path), "--strict", "data.max_bad_fraction=0.2"]) == 1
+    assert "more than data.max_bad_fraction=0.2" in capsys.readouterr().err
