@@ -47,6 +47,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="offset of sample indices (use a large one for a held-out split)",
     )
 
+    convert = data_commands.add_parser(
+        "convert", help="local images + captions (table or folder) -> img2dataset shards"
+    )
+    convert.add_argument("source", help="CSV/TSV/Parquet/JSONL table, or a folder of images")
+    convert.add_argument("--out", required=True)
+    convert.add_argument("--shard-size", type=int, default=10_000)
+    convert.add_argument(
+        "--resize-mode", default="no", help="no, keep_ratio, keep_ratio_largest, center_crop"
+    )
+    convert.add_argument("--image-size", type=int, default=256)
+    convert.add_argument("--jpeg-quality", type=int, default=95)
+    convert.add_argument("--processes", type=int, default=1)
+    convert.add_argument("--image-column", default="image")
+    convert.add_argument("--caption-column", default="caption")
+
     inspect = data_commands.add_parser(
         "inspect", help="count samples, bad samples by reason, caption and image sizes"
     )
@@ -92,6 +107,27 @@ def _print_result(result) -> None:  # result: mmpretrain.train.launch.TrainResul
         print(format_table(json.loads(eval_path.read_text())))
 
 
+def _convert(args: argparse.Namespace) -> int:
+    from mmpretrain.data.convert import ConvertError, ConvertOptions, convert
+
+    try:
+        options = ConvertOptions(
+            shard_size=args.shard_size,
+            resize_mode=args.resize_mode,
+            image_size=args.image_size,
+            jpeg_quality=args.jpeg_quality,
+            processes=args.processes,
+            image_column=args.image_column,
+            caption_column=args.caption_column,
+        )
+        summary = convert(args.source, args.out, options)
+    except ConvertError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _inspect(args: argparse.Namespace) -> int:
     from mmpretrain.data.inspect import format_report, inspect_shards
     from mmpretrain.data.pipeline import sample_rules
@@ -127,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{key:<28} {text}")
         elif args.command == "data" and args.action == "inspect":
             return _inspect(args)
+        elif args.command == "data" and args.action == "convert":
+            return _convert(args)
         elif args.command == "data":
             from mmpretrain.data.synth import write_synthetic_shards
 
