@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import struct
+import tarfile
 import zlib
 from pathlib import Path
 
@@ -123,3 +124,16 @@ def write_mixed_shards(folder: Path, good: int) -> dict[str, list[str]]:
         "odd": [k for k, _ in odds],
         "bad": [k for k, _ in bads],
     }
+
+
+def write_truncated_copy(folder: Path) -> list[str]:
+    """Adds 00002.tar: 00000.tar cut halfway through its 7th member (the 4th sample's image).
+
+    Returns the keys of the three whole samples before the damage.
+    """
+    source = folder / "00000.tar"
+    with tarfile.open(source) as tar:
+        members = tar.getmembers()
+    cut = members[6].offset_data + members[6].size // 2
+    (folder / "00002.tar").write_bytes(source.read_bytes()[:cut])
+    return sorted({m.name.split(".")[0] for m in members[:6]})

@@ -19,10 +19,15 @@ from PIL import Image
 
 from mmpretrain.data.quality import SEEN, SKIPPED_PREFIX, bad_fraction
 from mmpretrain.data.shards import expand_shards, iter_shard
-from mmpretrain.data.transforms import IMAGE_EXTENSIONS, SampleRules, UnusableSampleError
+from mmpretrain.data.transforms import (
+    IMAGE_EXTENSIONS,
+    SampleRules,
+    SkipReason,
+    UnusableSampleError,
+)
 from mmpretrain.data.transforms import prepare_sample as check_sample
 
-TRUNCATED_TAR = "truncated_tar"
+TRUNCATED_TAR = SkipReason.TRUNCATED_TAR.value
 
 
 @dataclass

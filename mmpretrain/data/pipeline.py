@@ -1,7 +1,9 @@
 """The Ray Data pipeline: WebDataset shards -> decoded, cropped, tokenized batches.
 
-``read_webdataset(decoder=None)`` hands over raw member bytes so decoding happens once, in our
-``map_batches`` step, where a bad sample can be dropped instead of failing a block.
+``ResilientWebDatasetSource`` hands over raw member bytes (as ``read_webdataset(decoder=None)``
+does) so decoding happens once, in our ``map_batches`` step, where a bad sample can be dropped
+and counted instead of failing a block; unlike ``read_webdataset`` it also survives a damaged
+tar.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 from mmpretrain.config import DataConfig
 from mmpretrain.data.shards import expand_shards
 from mmpretrain.data.transforms import IMAGE_EXTENSIONS, SampleRules, preprocess_batch
+from mmpretrain.data.webdataset_source import ResilientWebDatasetSource
 
 # Members read from each sample (any case); anything else in the tar is ignored.
 MEMBER_SUFFIXES = frozenset([*IMAGE_EXTENSIONS, "txt", "json", "cls"])
@@ -38,10 +41,6 @@ def sample_rules(cfg: DataConfig) -> SampleRules:
     )
 
 
-def _wanted_member(suffix: str) -> bool:
-    return suffix.lower() in MEMBER_SUFFIXES
-
-
 def build_dataset(
     pattern: str,
     cfg: DataConfig,
@@ -59,14 +58,13 @@ def build_dataset(
     shuffle = None
     if shuffle_seed is not None:
         shuffle = FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True)
-    raw = ray.data.read_webdataset(
+    source = ResilientWebDatasetSource(
         paths,
-        decoder=None,
-        suffixes=_wanted_member,
-        file_extensions=SHARD_FILE_EXTENSIONS,
+        member_suffixes=MEMBER_SUFFIXES,
         shuffle=shuffle,
-        override_num_blocks=len(paths),
+        file_extensions=SHARD_FILE_EXTENSIONS,
     )
+    raw = ray.data.read_datasource(source, override_num_blocks=len(paths))
     return raw.map_batches(
         preprocess_batch,
         batch_size=PREPROCESS_BATCH_ROWS,

@@ -12,6 +12,7 @@ import io
 import tarfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 import braceexpand
 
@@ -63,15 +64,15 @@ def write_shard(path: str | Path, samples: Iterable[tuple[str, Mapping[str, byte
     return count
 
 
-def iter_shard(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Streams ``(key, {extension: bytes})`` from a .tar or .tar.gz, one sample at a time.
+def iter_tar_samples(fileobj: BinaryIO) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Streams ``(key, {extension: bytes})`` from an open .tar (or .tar.gz) stream.
 
     Members of a key are grouped while adjacent, as WebDataset requires. On a damaged archive
     the samples before the damage are yielded, then the tar error propagates.
     """
     key: str | None = None
     members: dict[str, bytes] = {}
-    with tarfile.open(path, "r|*") as tar:
+    with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
         for member in tar:
             if not member.isfile():
                 continue
@@ -87,12 +88,16 @@ def iter_shard(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
             payload = handle.read()
             if len(payload) < member.size:  # stream mode returns short reads silently
                 raise tarfile.ReadError(
-                    f"{path}: member {member.name} cut short"
-                    f" ({len(payload)} of {member.size} bytes)"
+                    f"member {member.name} cut short ({len(payload)} of {member.size} bytes)"
                 )
             members[extension] = payload
     if key is not None:
         yield key, members
+
+
+def iter_shard(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    with open(path, "rb") as handle:
+        yield from iter_tar_samples(handle)
 
 
 def read_shard(path: str | Path) -> dict[str, dict[str, bytes]]:

@@ -32,6 +32,7 @@ class SkipReason(str, Enum):
     MISSING_CAPTION = "missing_caption"
     EMPTY_CAPTION = "empty_caption"
     CAPTION_NOT_UTF8 = "caption_not_utf8"
+    TRUNCATED_TAR = "truncated_tar"  # the sample a damaged shard was cut in
 
 
 class UnusableSampleError(ValueError):
@@ -186,7 +187,11 @@ def preprocess_rows(
     images: list[np.ndarray] = []
     captions: list[str] = []
     kept: list[str] = []
+    damage = batch.get("__damage__")
     for index, key in enumerate(keys):
+        if damage is not None and isinstance(damage[index], str):
+            counts[f"skipped_{SkipReason.TRUNCATED_TAR.value}"] += 1
+            continue
         members = {
             lower: next((v for n in names if (v := _as_bytes(batch[n][index])) is not None), None)
             for lower, names in columns.items()

@@ -14,7 +14,7 @@ from mmpretrain.data import quality
 from mmpretrain.data.pipeline import build_dataset, collate_batch
 from mmpretrain.errors import DataQualityError
 from mmpretrain.train.launch import run_training
-from tests.badshards import BAD_REASONS, write_mixed_shards
+from tests.badshards import BAD_REASONS, write_mixed_shards, write_truncated_copy
 
 pytestmark = pytest.mark.integration
 
@@ -31,8 +31,11 @@ def settled_snapshot(name: str, seen: int, timeout: float = 30.0) -> dict[str, i
         time.sleep(0.2)
 
 
-def test_pipeline_skips_and_books_every_bad_sample(local_ray, synth_data, tmp_path) -> None:
+def test_pipeline_skips_and_books_every_bad_sample_and_survives_a_cut_tar(
+    local_ray, synth_data, tmp_path
+) -> None:
     kinds = write_mixed_shards(tmp_path / "shards", good=20)
+    before_damage = write_truncated_copy(tmp_path / "shards")
     cfg = load_config("tiny", [f"data.tokenizer={synth_data['tokenizer']}"])
     name = quality.counter_name("pipeline-test", "train")
     handle = quality.create_counter(name)
@@ -42,9 +45,11 @@ def test_pipeline_skips_and_books_every_bad_sample(local_ray, synth_data, tmp_pa
         for batch in dataset.iter_torch_batches(batch_size=8, collate_fn=collate_batch)
         for key in batch["key"]
     ]
-    assert sorted(keys) == sorted(kinds["good"] + kinds["odd"])
-    total = sum(len(v) for v in kinds.values())
-    assert Counter(settled_snapshot(name, total)) == EXPECTED_SKIPS + Counter(seen=total)
+    # The damaged copy gives back what came before the damage, and the damage is one count.
+    assert sorted(keys) == sorted(kinds["good"] + kinds["odd"] + before_damage)
+    total = sum(len(v) for v in kinds.values()) + len(before_damage) + 1
+    expected = EXPECTED_SKIPS + Counter(seen=total, skipped_truncated_tar=1)
+    assert Counter(settled_snapshot(name, total)) == expected
     del handle
 
 

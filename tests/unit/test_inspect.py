@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 import json
-import tarfile
 from pathlib import Path
 
 from mmpretrain.cli import main
 from mmpretrain.data.inspect import inspect_shards
 from mmpretrain.data.transforms import SampleRules
-from tests.badshards import BAD_REASONS, write_mixed_shards
-
-
-def _with_truncated_copy(folder: Path) -> None:
-    """A third shard: a copy of the first, cut off halfway through its 7th member's data."""
-    source = folder / "00000.tar"
-    with tarfile.open(source) as tar:
-        member = tar.getmembers()[6]
-    cut = member.offset_data + member.size // 2
-    (folder / "00002.tar").write_bytes(source.read_bytes()[:cut])
+from tests.badshards import BAD_REASONS, write_mixed_shards, write_truncated_copy
 
 
 def test_inspect_counts_samples_reasons_and_damage(tmp_path: Path) -> None:
     kinds = write_mixed_shards(tmp_path, good=10)
-    _with_truncated_copy(tmp_path)
+    write_truncated_copy(tmp_path)
     report = inspect_shards(str(tmp_path), SampleRules(32, 16, tokenizer=""))
     first, second, damaged = report["shards"]
     assert first["samples"] + second["samples"] == sum(len(v) for v in kinds.values())
