@@ -23,9 +23,47 @@ class ShardPatternError(FileNotFoundError):
     """A shard pattern that names no readable shard; raised before any Ray work starts."""
 
 
+def is_uri(pattern: str) -> bool:
+    return "://" in pattern
+
+
+def _expand_uri(part: str, pattern: str) -> list[str]:
+    """One brace-expanded part of an object-store (s3://, gs://, file://...) pattern."""
+    import fnmatch
+
+    import pyarrow.fs
+
+    scheme = part.split("://", 1)[0]
+    has_glob = any(ch in part for ch in "*?[")
+    folder_uri = part.rsplit("/", 1)[0] if has_glob else part
+    try:
+        filesystem, folder = pyarrow.fs.FileSystem.from_uri(folder_uri)
+    except (pyarrow.ArrowInvalid, OSError) as exc:
+        raise ShardPatternError(f"shard pattern {pattern!r}: {exc}") from exc
+    info = filesystem.get_file_info(folder)
+    if info.type == pyarrow.fs.FileType.File and not has_glob:
+        return [part]
+    if info.type != pyarrow.fs.FileType.Directory:
+        raise ShardPatternError(f"shard {part!r} from pattern {pattern!r} does not exist")
+    listing = filesystem.get_file_info(pyarrow.fs.FileSelector(folder))
+    names = sorted(entry.path for entry in listing if entry.type == pyarrow.fs.FileType.File)
+    wanted = part.rsplit("/", 1)[1] if has_glob else None
+    return [
+        f"{scheme}://{name}"  # s3/gs paths are "bucket/key"; local ones start with "/"
+        for name in names
+        if (
+            fnmatch.fnmatch(name.rsplit("/", 1)[-1], wanted)
+            if wanted
+            else name.endswith(SHARD_SUFFIXES)
+        )
+    ]
+
+
 def expand_shards(pattern: str) -> list[str]:
     """Resolves a file, folder, glob or brace pattern (``shards/{00000..00009}.tar``) to paths.
 
+    Object-store patterns (``s3://bucket/cc3m/{00000..00331}.tar``, ``gs://...``, ``file://...``)
+    are listed through pyarrow's file systems and stay URIs, which Ray Data reads directly.
     Failing here, on the driver, gives the user the pattern back instead of an empty dataset
     error from inside a Ray task minutes later.
     """
@@ -33,6 +71,9 @@ def expand_shards(pattern: str) -> list[str]:
         raise ShardPatternError("empty shard pattern")
     paths: list[str] = []
     for part in braceexpand.braceexpand(pattern):
+        if is_uri(part):
+            paths.extend(_expand_uri(part, pattern))
+            continue
         path = Path(part).expanduser()
         if path.is_dir():
             paths.extend(str(p) for p in sorted(path.iterdir()) if p.name.endswith(SHARD_SUFFIXES))
@@ -46,7 +87,7 @@ def expand_shards(pattern: str) -> list[str]:
         raise ShardPatternError(
             f"shard pattern {pattern!r} matches no shard ({', '.join(SHARD_SUFFIXES)})"
         )
-    return [str(Path(p).resolve()) for p in paths]
+    return [p if is_uri(p) else str(Path(p).resolve()) for p in paths]
 
 
 def write_shard(path: str | Path, samples: Iterable[tuple[str, Mapping[str, bytes]]]) -> int:
@@ -96,6 +137,14 @@ def iter_tar_samples(fileobj: BinaryIO) -> Iterator[tuple[str, dict[str, bytes]]
 
 
 def iter_shard(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Samples of one shard given as a local path or an object-store URI."""
+    if is_uri(str(path)):
+        import pyarrow.fs
+
+        filesystem, inner = pyarrow.fs.FileSystem.from_uri(str(path))
+        with filesystem.open_input_stream(inner) as handle:
+            yield from iter_tar_samples(handle)
+        return
     with open(path, "rb") as handle:
         yield from iter_tar_samples(handle)
 

@@ -12,12 +12,16 @@ from mmpretrain.data.shards import expand_shards, read_shard
 pytestmark = pytest.mark.integration
 
 
-def test_pipeline_delivers_every_sample_once_with_configured_shapes(local_ray, synth_data) -> None:
+@pytest.mark.parametrize("as_uri", [False, True], ids=["path", "file-uri"])
+def test_pipeline_delivers_every_sample_once_with_configured_shapes(
+    local_ray, synth_data, as_uri: bool
+) -> None:
     cfg = load_config(
         "tiny",
         [f"data.tokenizer={synth_data['tokenizer']}", "data.image_size=48", "data.max_text_len=24"],
     )
-    dataset = build_dataset(str(synth_data["train"]), cfg.data, shuffle_seed=0)
+    pattern = f"file://{synth_data['train']}" if as_uri else str(synth_data["train"])
+    dataset = build_dataset(pattern, cfg.data, shuffle_seed=0)
     keys: list[str] = []
     for batch in dataset.iter_torch_batches(batch_size=32, collate_fn=collate_batch):
         assert batch["image"].dtype == torch.uint8

@@ -114,3 +114,16 @@ def test_write_shard_keeps_member_order(tmp_path: Path) -> None:
     write_shard(path, [("a", {"jpg": b"1", "txt": b"x"}), ("b", {"jpg": b"2", "txt": b"y"})])
     with tarfile.open(path) as tar:
         assert tar.getnames() == ["a.jpg", "a.txt", "b.jpg", "b.txt"]
+
+
+def test_object_store_uris_go_through_pyarrow_file_systems(tmp_path: Path) -> None:
+    # file:// takes the same pyarrow code path as s3:// and gs://, without a network.
+    write_synthetic_shards(tmp_path, samples=6, shard_size=2, seed=0)
+    uri = f"file://{tmp_path}"
+    names = [f"{uri}/0000{i}.tar" for i in range(3)]
+    assert expand_shards(uri) == names
+    assert expand_shards(f"{uri}/*.tar") == names
+    assert expand_shards(f"{uri}/{{00000..00001}}.tar") == names[:2]
+    assert read_shard(names[1]) == read_shard(tmp_path / "00001.tar")
+    with pytest.raises(ShardPatternError, match=r"00009\.tar.*does not exist"):
+        expand_shards(f"{uri}/00009.tar")
