@@ -44,8 +44,21 @@ CAPTION_SOURCES = ("txt", "json", "cls")
 
 
 @dataclass
+class SourceConfig:
+    train: str = doc("Shard pattern of this source.", default="")
+    weight: float = doc("Relative share of training shards drawn from this source.", default=1.0)
+
+    def __post_init__(self) -> None:
+        _require(bool(self.train), "data.sources[].train", "a shard pattern is required")
+        _require(self.weight > 0, "data.sources[].weight", f"must be > 0, got {self.weight}")
+
+
+@dataclass
 class DataConfig:
     train: str = doc("Training shards: a tar file, folder, glob or brace pattern.", default="")
+    sources: list[SourceConfig] | None = doc(
+        "Several training shard sets mixed by weight, instead of data.train.", default=None
+    )
     val: str | None = doc(
         "Held-out shards for evaluation (same forms as data.train).", default=None
     )
@@ -84,6 +97,11 @@ class DataConfig:
     )
 
     def __post_init__(self) -> None:
+        _require(
+            not (self.train and self.sources),
+            "data.sources",
+            "set either data.train or data.sources, not both",
+        )
         _choice(self.caption_source, "data.caption_source", CAPTION_SOURCES)
         _require(
             "{label}" in self.label_template,
@@ -276,7 +294,11 @@ class RunConfig:
 
     def check_runnable(self) -> None:
         """Checks that only matter when training, so `config show` works on a bare preset."""
-        _require(bool(self.data.train), "data.train", "a shard pattern is required to train")
+        _require(
+            bool(self.data.train or self.data.sources),
+            "data.train",
+            "a shard pattern (or data.sources) is required to train",
+        )
         _require(
             bool(self.data.tokenizer),
             "data.tokenizer",
@@ -318,6 +340,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is list:
         (item_type,) = typing.get_args(tp)
         _require(isinstance(value, list), key, f"expected a list, got {value!r}")
+        if _is_dataclass_type(item_type):
+            return [_build(item_type, item, f"{key}[{i}]") for i, item in enumerate(value)]
         return [_coerce(item, item_type, f"{key}[{i}]") for i, item in enumerate(value)]
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string

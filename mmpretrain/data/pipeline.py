@@ -17,6 +17,7 @@ from ray.data import FileShuffleConfig
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from mmpretrain.config import DataConfig
+from mmpretrain.data.mixing import mix_sources
 from mmpretrain.data.shards import expand_shards
 from mmpretrain.data.transforms import IMAGE_EXTENSIONS, SampleRules, preprocess_batch
 from mmpretrain.data.webdataset_source import ResilientWebDatasetSource
@@ -41,20 +42,27 @@ def sample_rules(cfg: DataConfig) -> SampleRules:
     )
 
 
+def training_shards(cfg: DataConfig, seed: int) -> list[str]:
+    """data.train's shards, or data.sources' shards mixed by weight."""
+    if cfg.sources:
+        return mix_sources([(expand_shards(s.train), s.weight) for s in cfg.sources], seed)
+    return expand_shards(cfg.train)
+
+
 def build_dataset(
-    pattern: str,
+    shards: str | list[str],
     cfg: DataConfig,
     *,
     shuffle_seed: int | None = None,
     counter: str | None = None,
 ) -> ray.data.Dataset:
-    """Streams shards matching ``pattern`` as training-ready rows.
+    """Streams ``shards`` (a pattern, or a list of shard paths) as training-ready rows.
 
     With ``shuffle_seed`` set the shard order is shuffled per epoch (seeded); evaluation passes
     None and reads shards in order. ``counter`` names the run's QualityCounter actor that books
     seen and skipped samples.
     """
-    paths = expand_shards(pattern)
+    paths = expand_shards(shards) if isinstance(shards, str) else list(shards)
     shuffle = None
     if shuffle_seed is not None:
         shuffle = FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True)

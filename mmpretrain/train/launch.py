@@ -19,7 +19,7 @@ from ray.train.torch import TorchTrainer
 
 from mmpretrain.config import RunConfig
 from mmpretrain.data import quality
-from mmpretrain.data.pipeline import build_dataset
+from mmpretrain.data.pipeline import build_dataset, training_shards
 from mmpretrain.data.shards import expand_shards
 from mmpretrain.data.tokenizer import load_tokenizer
 from mmpretrain.errors import ResourceError
@@ -76,7 +76,7 @@ def check_resources(cfg: RunConfig) -> None:
 
 def run_training(cfg: RunConfig) -> TrainResult:
     cfg.check_runnable()
-    expand_shards(cfg.data.train)  # fail on a bad pattern before starting anything
+    train_shards = training_shards(cfg.data, cfg.train.seed)  # bad patterns fail here, early
     if cfg.data.val:
         expand_shards(cfg.data.val)
     load_tokenizer(cfg.data.tokenizer)
@@ -92,7 +92,7 @@ def run_training(cfg: RunConfig) -> TrainResult:
     counter_handle = quality.create_counter(train_counter)  # the actor lives while this does
     datasets = {
         "train": build_dataset(
-            cfg.data.train, cfg.data, shuffle_seed=cfg.train.seed, counter=train_counter
+            train_shards, cfg.data, shuffle_seed=cfg.train.seed, counter=train_counter
         )
     }
     if cfg.data.val:

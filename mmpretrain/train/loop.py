@@ -89,6 +89,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             drop_last=True,
             collate_fn=collate_batch,
             local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
+            local_shuffle_seed=cfg.train.seed + 1000 * state.epoch + rank,
         ):
             batches_this_epoch += 1
             images = batch["image"].to(device, non_blocking=True)

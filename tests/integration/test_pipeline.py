@@ -33,3 +33,35 @@ def test_pipeline_delivers_every_sample_once_with_configured_shapes(
         keys.extend(batch["key"])
     expected = {key for path in expand_shards(str(synth_data["train"])) for key in read_shard(path)}
     assert len(keys) == len(expected) and set(keys) == expected
+
+
+def test_sources_are_mixed_by_weight_through_the_pipeline(local_ray, synth_data, tmp_path):
+    from mmpretrain.data.pipeline import training_shards
+    from mmpretrain.data.shards import write_shard
+    from mmpretrain.data.synth import synth_sample
+
+    for name, shards in (("a", 4), ("b", 4)):
+        for shard in range(shards):
+            samples = []
+            for offset in range(8):
+                jpeg, caption = synth_sample(shard * 8 + offset, seed=ord(name), side=64)
+                samples.append((f"{name}{shard}{offset}", {"jpg": jpeg, "txt": caption.encode()}))
+            (tmp_path / name).mkdir(exist_ok=True)
+            write_shard(tmp_path / name / f"{shard:05d}.tar", samples)
+    cfg = load_config(
+        "tiny",
+        [
+            f"data.tokenizer={synth_data['tokenizer']}",
+            f"data.sources=[{{train: {tmp_path / 'a'}, weight: 3}}, {{train: {tmp_path / 'b'}}}]",
+        ],
+    )
+    shards = training_shards(cfg.data, seed=0)
+    dataset = build_dataset(shards, cfg.data, shuffle_seed=0)
+    keys = [
+        k
+        for b in dataset.iter_torch_batches(batch_size=16, collate_fn=collate_batch)
+        for k in b["key"]
+    ]
+    by_source = {name: sum(k.startswith(name) for k in keys) for name in "ab"}
+    # 8 shards in all: 6 drawn from a (4 shards, two of them twice), 2 from b.
+    assert by_source == {"a": 6 * 8, "b": 2 * 8}
