@@ -25,7 +25,6 @@ from mmpretrain.data.webdataset_source import ResilientWebDatasetSource
 # Members read from each sample (any case); anything else in the tar is ignored.
 MEMBER_SUFFIXES = frozenset([*IMAGE_EXTENSIONS, "txt", "json", "cls"])
 SHARD_FILE_EXTENSIONS = ["tar", "tgz", "gz"]
-PREPROCESS_BATCH_ROWS = 64
 
 
 def sample_rules(cfg: DataConfig) -> SampleRules:
@@ -75,7 +74,7 @@ def build_dataset(
     raw = ray.data.read_datasource(source, override_num_blocks=len(paths))
     return raw.map_batches(
         preprocess_batch,
-        batch_size=PREPROCESS_BATCH_ROWS,
+        batch_size=None,  # whole read blocks: lets Ray fuse read + preprocess into one task
         batch_format="numpy",
         fn_kwargs={"rules": sample_rules(cfg), "counter": counter},
     )

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+EXIF_ORIENTATION = 0x0112
 
 
 class SkipReason(str, Enum):
@@ -94,20 +95,26 @@ def decode_image(
             if min(width, height) < min_side:
                 raise UnusableSampleError(SkipReason.IMAGE_TOO_SMALL, f"{width}x{height}")
             image.draft("RGB", (size, size))
-            image = ImageOps.exif_transpose(image)
-            image = _flatten_to_rgb(image)
+            image.load()  # decode now, inside the try: truncated data fails here
+            if image.getexif().get(EXIF_ORIENTATION, 1) != 1:
+                image = ImageOps.exif_transpose(image)
+            if image.mode != "RGB":
+                image = _flatten_to_rgb(image)
     except UnusableSampleError:
         raise
     except Image.DecompressionBombError as exc:  # Pillow's own header check, past 2x its limit
         raise UnusableSampleError(SkipReason.IMAGE_TOO_LARGE, str(exc)) from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise UnusableSampleError(SkipReason.CORRUPT_IMAGE, str(exc)) from exc
+    # Centre square first, then one resize of just that box: the same picture as "resize the
+    # shorter side, then centre crop", without resampling pixels that the crop throws away.
     width, height = image.size
-    scale = size / min(width, height)
-    resized = (max(size, round(width * scale)), max(size, round(height * scale)))
-    image = image.resize(resized, Image.Resampling.BICUBIC)
-    left, top = (resized[0] - size) // 2, (resized[1] - size) // 2
-    return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    side = min(width, height)
+    left, top = (width - side) / 2, (height - side) / 2
+    image = image.resize(
+        (size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side)
+    )
+    return np.asarray(image, dtype=np.uint8)
 
 
 def _text(payload: Any) -> str:

@@ -20,7 +20,7 @@ from ray.data.datasource import FileBasedDatasource
 from mmpretrain.data.shards import iter_tar_samples
 
 DAMAGE_COLUMN = "__damage__"
-ROWS_PER_BLOCK = 256
+ROWS_PER_BLOCK = 64  # also the preprocessing batch: the read and map tasks are fused
 
 
 class ResilientWebDatasetSource(FileBasedDatasource):
