@@ -17,8 +17,8 @@ demo: $(STAMP)
 	$(BIN)/mmpretrain demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check mmpretrain tests
-	$(BIN)/ruff format --check mmpretrain tests
+	$(BIN)/ruff check mmpretrain tests benchmarks
+	$(BIN)/ruff format --check mmpretrain tests benchmarks
 
 test: lint
 	$(BIN)/pytest

@@ -82,6 +82,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     progress = ProgressLog(cfg.run_dir, cfg.train.max_steps, state.step) if rank == 0 else None
     train_split = ray.train.get_dataset_shard("train")
+    counts: dict[str, int] = {}
     while state.step < cfg.train.max_steps:
         batches_this_epoch = 0
         for batch in train_split.iter_torch_batches(
@@ -116,7 +117,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 quality.check_bad_fraction(counts, cfg.data.max_bad_fraction)
 
             if state.step % cfg.train.checkpoint_every == 0 or state.step == cfg.train.max_steps:
-                save_and_report(engine, state, {"loss": losses["loss"].item()}, rank)
+                # The data-quality books ride along, so Ray's result metrics carry them too.
+                save_and_report(engine, state, {"loss": losses["loss"].item(), **counts}, rank)
 
             if state.step >= cfg.train.max_steps:
                 break

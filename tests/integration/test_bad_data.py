@@ -83,6 +83,7 @@ def test_training_over_ten_percent_bad_data_completes_and_reports_counts(
     assert row["seen"] == 90
     assert {k: v for k, v in row.items() if k.startswith("skipped_")} == EXPECTED_SKIPS
     assert row["bad_fraction"] == pytest.approx(0.1)
+    assert result.metrics["skipped_corrupt_image"] == 2 and result.metrics["seen"] == 90
 
 
 def test_bad_fraction_over_the_limit_stops_the_run_with_the_reason(
