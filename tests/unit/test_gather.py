@@ -51,7 +51,7 @@ def test_gathered_itc_matches_single_process_loss_and_gradients() -> None:
     mp.spawn(_worker, args=(port, results), nprocs=WORLD, join=True)
     full_loss, full_image_grad, full_text_grad = _loss_and_grads(*_inputs())
     for rank in range(WORLD):
-        loss, image_grad, text_grad = results[rank]
+        _, image_grad, text_grad = results[rank]
         rows = slice(rank * ROWS, (rank + 1) * ROWS)
         # Each rank's rows get every rank's loss term (W x the mean loss's gradient); DeepSpeed
         # averages parameter gradients over the W ranks, which brings it back to the full one.
