@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -111,15 +112,8 @@ def _convert(args: argparse.Namespace) -> int:
     from mmpretrain.data.convert import ConvertError, ConvertOptions, convert
 
     try:
-        options = ConvertOptions(
-            shard_size=args.shard_size,
-            resize_mode=args.resize_mode,
-            image_size=args.image_size,
-            jpeg_quality=args.jpeg_quality,
-            processes=args.processes,
-            image_column=args.image_column,
-            caption_column=args.caption_column,
-        )
+        fields = dataclasses.fields(ConvertOptions)  # the flags are named after the fields
+        options = ConvertOptions(**{f.name: getattr(args, f.name) for f in fields})
         summary = convert(args.source, args.out, options)
     except ConvertError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -22,6 +22,7 @@ from typing import Any
 from PIL import Image, ImageOps
 
 from mmpretrain.data.shards import write_shard
+from mmpretrain.data.transforms import flatten_to_rgb
 
 RESIZE_MODES = ("no", "keep_ratio", "keep_ratio_largest", "center_crop")
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".jsonl")
@@ -159,7 +160,7 @@ def _convert_row(row: SourceRow, key: str, options: ConvertOptions) -> tuple[dic
     try:
         with Image.open(row.image) as source:
             original = source.size
-            image = ImageOps.exif_transpose(source).convert("RGB")
+            image = flatten_to_rgb(ImageOps.exif_transpose(source))
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         meta.update(status="failed_to_read_image", error_message=str(exc))
         return meta, None

@@ -18,14 +18,14 @@ import numpy as np
 from tokenizers import Tokenizer
 from tokenizers.processors import BertProcessing
 
-from mmpretrain.data.shards import expand_shards, read_shard
+from mmpretrain.data.shards import expand_shards, iter_shard
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 def iter_captions(pattern: str) -> Iterator[str]:
     for path in expand_shards(pattern):
-        for members in read_shard(path).values():
+        for _, members in iter_shard(path):
             if "txt" in members:
                 yield members["txt"].decode("utf-8", errors="replace")
 

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from mmpretrain.data.tokenizer import load_tokenizer
+
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 EXIF_ORIENTATION = 0x0112
 
@@ -57,7 +59,7 @@ class SampleRules:
     class_names: tuple[str, ...] = ()
 
 
-def _flatten_to_rgb(image: Image.Image) -> Image.Image:
+def flatten_to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode -> RGB: transparency composited on white, 16-bit scaled, CMYK converted."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         pixels = np.asarray(image, dtype=np.int64)
@@ -99,7 +101,7 @@ def decode_image(
             if image.getexif().get(EXIF_ORIENTATION, 1) != 1:
                 image = ImageOps.exif_transpose(image)
             if image.mode != "RGB":
-                image = _flatten_to_rgb(image)
+                image = flatten_to_rgb(image)
     except UnusableSampleError:
         raise
     except Image.DecompressionBombError as exc:  # Pillow's own header check, past 2x its limit
@@ -182,8 +184,6 @@ def preprocess_rows(
     batch: dict[str, np.ndarray], rules: SampleRules
 ) -> tuple[dict[str, np.ndarray], Counter]:
     """Raw WebDataset rows -> training-ready arrays, plus counts of seen and skipped samples."""
-    from mmpretrain.data.tokenizer import load_tokenizer
-
     # "JPG" and "jpg" members of different samples arrive as separate columns: merge by case.
     columns: dict[str, list[str]] = {}
     for name in batch:
@@ -233,7 +233,7 @@ def preprocess_batch(
     batch: dict[str, np.ndarray], rules: SampleRules, counter: str | None = None
 ) -> dict[str, np.ndarray]:
     """The ``map_batches`` step: preprocess, then book the counts with the run's counter."""
-    from mmpretrain.data import quality
+    from mmpretrain.data import quality  # imports ray: not needed by convert's processes
 
     out, counts = preprocess_rows(batch, rules)
     quality.report(counter, counts)

@@ -77,8 +77,7 @@ def check_resources(cfg: RunConfig) -> None:
 def run_training(cfg: RunConfig) -> TrainResult:
     cfg.check_runnable()
     train_shards = training_shards(cfg.data, cfg.train.seed)  # bad patterns fail here, early
-    if cfg.data.val:
-        expand_shards(cfg.data.val)
+    val_shards = expand_shards(cfg.data.val) if cfg.data.val else None
     load_tokenizer(cfg.data.tokenizer)
 
     run_dir = cfg.run_dir
@@ -95,8 +94,8 @@ def run_training(cfg: RunConfig) -> TrainResult:
             train_shards, cfg.data, shuffle_seed=cfg.train.seed, counter=train_counter
         )
     }
-    if cfg.data.val:
-        datasets["val"] = build_dataset(cfg.data.val, cfg.data)
+    if val_shards:
+        datasets["val"] = build_dataset(val_shards, cfg.data)
 
     # The held-out set is read whole and in order by every worker (see train/evaluation.py).
     val_options = ExecutionOptions(preserve_order=True)
