@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -292,6 +293,24 @@ class RunConfig:
         """Where checkpoints, metrics.jsonl, eval.json and the resolved config live."""
         return Path(self.train.storage_path).expanduser().resolve() / self.train.run_name
 
+    def with_absolute_paths(self) -> RunConfig:
+        """A copy whose local paths no longer depend on the working directory.
+
+        Ray workers and data tasks run in directories of their own, so a relative
+        ``data/tokenizer`` that the driver found would not be found there.
+        """
+        data = dataclasses.replace(
+            self.data,
+            train=_absolute(self.data.train),
+            val=_absolute(self.data.val),
+            tokenizer=_absolute(self.data.tokenizer),
+            sources=[dataclasses.replace(s, train=_absolute(s.train)) for s in self.data.sources]
+            if self.data.sources
+            else self.data.sources,
+        )
+        train = dataclasses.replace(self.train, storage_path=_absolute(self.train.storage_path))
+        return dataclasses.replace(self, data=data, train=train)
+
     def check_runnable(self) -> None:
         """Checks that only matter when training, so `config show` works on a bare preset."""
         _require(
@@ -315,6 +334,13 @@ class RunConfig:
 # ---------------------------------------------------------------------------------------------
 # Building a config from plain data
 # ---------------------------------------------------------------------------------------------
+
+
+def _absolute(path: str | None) -> str | None:
+    """Local paths and patterns made absolute (text only, so globs and braces survive)."""
+    if not path or "://" in path:
+        return path
+    return os.path.abspath(os.path.expanduser(path))
 
 
 def _is_dataclass_type(tp: Any) -> bool:

@@ -76,6 +76,7 @@ def check_resources(cfg: RunConfig) -> None:
 
 def run_training(cfg: RunConfig) -> TrainResult:
     cfg.check_runnable()
+    cfg = cfg.with_absolute_paths()  # workers do not share the driver's working directory
     train_shards = training_shards(cfg.data, cfg.train.seed)  # bad patterns fail here, early
     val_shards = expand_shards(cfg.data.val) if cfg.data.val else None
     load_tokenizer(cfg.data.tokenizer)

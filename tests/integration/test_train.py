@@ -41,17 +41,22 @@ def metric_rows(run_dir: Path) -> list[dict]:
 
 
 def test_zero2_run_learns_checkpoints_every_rank_and_resumes(synth_data, tmp_path) -> None:
+    # Paths relative to the working directory, as the README's commands give them: the workers
+    # run elsewhere and must still find the shards and the tokenizer.
+    def here(name: str) -> str:
+        return os.path.relpath(synth_data[name], tmp_path)
+
     command = [
         "train",
         "--config",
         "tiny",
-        f"data.train={synth_data['train']}",
-        f"data.val={synth_data['val']}",
-        f"data.tokenizer={synth_data['tokenizer']}",
+        f"data.train={here('train')}",
+        f"data.val={here('val')}",
+        f"data.tokenizer={here('tokenizer')}",
         f"data.batch_size={BATCH}",
         f"train.num_workers={WORKERS}",
         "train.zero_stage=2",
-        f"train.storage_path={tmp_path}",
+        "train.storage_path=.",
         "train.run_name=skeleton",
         "train.checkpoint_every=8",
         "train.log_every=2",

@@ -116,3 +116,20 @@ def test_training_needs_data_and_tokenizer() -> None:
 def test_every_field_is_documented() -> None:
     undocumented = [key for key, text in describe_fields() if not text]
     assert undocumented == []
+
+
+def test_local_paths_become_absolute_and_uris_stay(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(
+        "tiny",
+        [
+            "data.val=data/{00000..00001}.tar",
+            "data.tokenizer=tok",
+            "data.sources=[{train: s3://bucket/a/}, {train: b/*.tar}]",
+            "train.storage_path=runs",
+        ],
+    ).with_absolute_paths()
+    assert cfg.data.val == f"{tmp_path}/data/{{00000..00001}}.tar"
+    assert cfg.data.tokenizer == f"{tmp_path}/tok"
+    assert [s.train for s in cfg.data.sources] == ["s3://bucket/a/", f"{tmp_path}/b/*.tar"]
+    assert cfg.train.storage_path == f"{tmp_path}/runs"
