@@ -7,9 +7,10 @@ import dataclasses
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from mmpretrain.config import ConfigError, describe_fields, load_config, preset_names
-from mmpretrain.errors import DataQualityError, ResourceError
+from mmpretrain.errors import CheckpointError, DataQualityError, ResourceError
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -90,6 +91,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="Ray cluster address (default: RAY_ADDRESS, else an embedded Ray)",
     )
 
+    evaluate = commands.add_parser(
+        "eval", help="retrieval, ITM re-ranking and zero-shot metrics of a run/checkpoint/export"
+    )
+    evaluate.add_argument(
+        "--checkpoint", required=True, help="run directory, checkpoint folder or export folder"
+    )
+    evaluate.add_argument("--data", required=True, help="held-out shard pattern")
+    evaluate.add_argument("--out", default="eval.json", help="where to write the metrics JSON")
+    evaluate.add_argument(
+        "--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else local)"
+    )
+    evaluate.add_argument("overrides", nargs="*", metavar="key.path=value")
+
+    export = commands.add_parser(
+        "export", help="checkpoint -> one safetensors file + config + tokenizer"
+    )
+    export.add_argument("--checkpoint", required=True, help="run directory or checkpoint folder")
+    export.add_argument("--out", required=True, help="export folder to write")
+
     demo = commands.add_parser("demo", help="synthetic data -> tiny model -> retrieval eval")
     demo.add_argument("--runs-dir", default="runs")
     demo.add_argument("overrides", nargs="*", metavar="key.path=value")
@@ -97,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _print_result(result) -> None:  # result: mmpretrain.train.launch.TrainResult
-    from mmpretrain.evaluate.retrieval import format_table
+    from mmpretrain.evaluate.report import format_table
 
     print(f"\nrun directory: {result.run_dir}")
     print(f"checkpoint:    {result.checkpoint}")
@@ -137,6 +157,22 @@ def _inspect(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from mmpretrain.evaluate.report import format_table
+    from mmpretrain.train.eval_job import run_evaluation
+
+    overrides = list(args.overrides)
+    if args.address:
+        overrides.append(f"cluster.address={args.address}")
+    metrics = run_evaluation(args.checkpoint, args.data, overrides)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(metrics, indent=2))
+    print(format_table(metrics))
+    print(f"\nmetrics written to {out.resolve()}")
     return 0
 
 
@@ -183,11 +219,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.address:
                 overrides.append(f"cluster.address={args.address}")
             _print_result(run_training(load_config(args.config, overrides)))
+        elif args.command == "eval":
+            return _evaluate(args)
+        elif args.command == "export":
+            from mmpretrain.train.export import export
+
+            print(f"exported to {export(args.checkpoint, args.out)}")
         elif args.command == "demo":
             from mmpretrain.demo import run_demo
 
             _print_result(run_demo(args.runs_dir, args.overrides))
-    except (ConfigError, FileNotFoundError) as exc:
+    except (ConfigError, FileNotFoundError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (DataQualityError, ResourceError) as exc:

@@ -134,9 +134,18 @@ class VisionConfig:
         "Blocks per stage overriding the architecture's (4 ints); null keeps torchvision's.",
         default=None,
     )
+    weights: str | None = doc(
+        "Local torchvision state dict (.pth) to start the ResNet from; null = random init.",
+        default=None,
+    )
 
     def __post_init__(self) -> None:
         _choice(self.name, "model.vision.name", VISION_ARCHS)
+        _require(
+            self.weights is None or "://" not in self.weights,
+            "model.vision.weights",
+            "must be a local file (weights are never downloaded)",
+        )
         if self.depths is not None:
             _require(
                 len(self.depths) == 4 and all(isinstance(d, int) and d >= 1 for d in self.depths),
@@ -151,8 +160,18 @@ class TextConfig:
     layers: int = doc("BERT transformer layers.", default=12)
     heads: int = doc("BERT attention heads.", default=12)
     intermediate_size: int = doc("BERT feed-forward width.", default=3072)
+    pretrained: str | None = doc(
+        "Local Hugging Face BERT folder to start from (the four sizes above must match it); "
+        "null = random init.",
+        default=None,
+    )
 
     def __post_init__(self) -> None:
+        _require(
+            self.pretrained is None or "://" not in self.pretrained,
+            "model.text.pretrained",
+            "must be a local folder (weights are never downloaded)",
+        )
         for key in ("hidden_size", "layers", "heads", "intermediate_size"):
             _require(getattr(self, key) >= 1, f"model.text.{key}", "must be >= 1")
         _require(
@@ -162,15 +181,29 @@ class TextConfig:
         )
 
 
+FUSION_TYPES = ("cross_attention", "merged", "co_attention", "gated")
+
+
 @dataclass
 class FusionConfig:
-    layers: int = doc("Cross-attention fusion layers.", default=6)
+    type: str = doc(
+        "cross_attention (text attends to regions, ALBEF), merged (one stream over both), "
+        "co_attention (two streams attending each other), gated (cross-attention weighted per "
+        "token by a learned gate).",
+        default="cross_attention",
+    )
+    layers: int = doc("Fusion layers (depth).", default=6)
     heads: int = doc("Attention heads in each fusion layer.", default=12)
+    width: int | None = doc("Fusion width; null = the text encoder's hidden size.", default=None)
     dropout: float = doc("Dropout inside the fusion layers.", default=0.1)
 
     def __post_init__(self) -> None:
+        _choice(self.type, "model.fusion.type", FUSION_TYPES)
         _require(self.layers >= 1, "model.fusion.layers", f"must be >= 1, got {self.layers}")
         _require(self.heads >= 1, "model.fusion.heads", f"must be >= 1, got {self.heads}")
+        _require(
+            self.width is None or self.width >= 1, "model.fusion.width", "must be >= 1 or null"
+        )
         _require(0.0 <= self.dropout < 1.0, "model.fusion.dropout", "must be in [0, 1)")
 
 
@@ -181,14 +214,20 @@ class ModelConfig:
     fusion: FusionConfig = field(default_factory=FusionConfig)
     embed_dim: int = doc("Width of the shared ITC embedding space.", default=256)
 
+    @property
+    def fusion_width(self) -> int:
+        return self.fusion.width or self.text.hidden_size
+
     def __post_init__(self) -> None:
         _require(self.embed_dim >= 1, "model.embed_dim", "must be >= 1")
         _require(
-            self.text.hidden_size % self.fusion.heads == 0,
+            self.fusion_width % self.fusion.heads == 0,
             "model.fusion.heads",
-            f"must divide model.text.hidden_size ({self.text.hidden_size}),"
-            f" got {self.fusion.heads}",
+            f"must divide the fusion width ({self.fusion_width}), got {self.fusion.heads}",
         )
+
+
+OBJECTIVE_WEIGHTS = ("itc", "itm", "mlm", "text_mlm", "image_ssl")
 
 
 @dataclass
@@ -198,21 +237,56 @@ class ObjectivesConfig:
     mlm: float = doc(
         "Weight of image-conditioned masked language modelling (0 skips it).", default=1.0
     )
+    text_mlm: float = doc(
+        "Weight of text-only masked language modelling on the text encoder (0 skips it).",
+        default=0.5,
+    )
+    image_ssl: float = doc(
+        "Weight of the image-only SimSiam loss on two augmented views (0 skips it).", default=0.5
+    )
     mlm_probability: float = doc("Share of caption tokens masked for MLM.", default=0.15)
     temperature: float = doc("Initial ITC temperature (learned).", default=0.07)
+    distill: bool = doc(
+        "Momentum distillation (ALBEF): EMA encoders give soft targets for ITC and MLM.",
+        default=False,
+    )
+    momentum: float = doc(
+        "EMA factor of the momentum encoders (objectives.distill).", default=0.995
+    )
+    distill_alpha: float = doc(
+        "Weight of the momentum model's soft targets against the hard ones.", default=0.4
+    )
+    ssl_dim: int = doc("Width of the SimSiam projector and predictor output.", default=256)
+    ssl_view_size: int | None = doc(
+        "Side in pixels of each SimSiam view; null = data.image_size. Smaller is cheaper.",
+        default=None,
+    )
 
     def __post_init__(self) -> None:
-        for key in ("itc", "itm", "mlm"):
+        for key in OBJECTIVE_WEIGHTS:
             _require(getattr(self, key) >= 0, f"objectives.{key}", "weight must be >= 0")
         _require(
-            self.itc + self.itm + self.mlm > 0,
+            sum(getattr(self, key) for key in OBJECTIVE_WEIGHTS) > 0,
             "objectives",
-            "at least one of itc, itm, mlm must have a weight > 0",
+            f"at least one of {list(OBJECTIVE_WEIGHTS)} must have a weight > 0",
         )
         _require(
             0.0 < self.mlm_probability < 1.0, "objectives.mlm_probability", "must be in (0, 1)"
         )
         _require(0.0 < self.temperature <= 1.0, "objectives.temperature", "must be in (0, 1]")
+        _require(0.0 < self.momentum < 1.0, "objectives.momentum", "must be in (0, 1)")
+        _require(0.0 <= self.distill_alpha <= 1.0, "objectives.distill_alpha", "must be in [0, 1]")
+        _require(
+            not self.distill or self.itc > 0 or self.mlm > 0,
+            "objectives.distill",
+            "distills ITC and MLM; give objectives.itc or objectives.mlm a weight > 0",
+        )
+        _require(self.ssl_dim >= 4, "objectives.ssl_dim", "must be >= 4")
+        _require(
+            self.ssl_view_size is None or self.ssl_view_size >= 32,
+            "objectives.ssl_view_size",
+            "must be >= 32 or null",
+        )
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -242,6 +316,17 @@ class TrainConfig:
     grad_accum: int = doc("Micro-batches accumulated per optimizer step.", default=1)
     grad_clip: float = doc("Clip the global gradient norm to this; 0 disables.", default=1.0)
     seed: int = doc("Seed for model init, masking and negative sampling.", default=0)
+    channels_last: bool = doc(
+        "Run the ResNet in channels-last memory format (faster convolutions).", default=True
+    )
+    activation_checkpointing: bool = doc(
+        "Recompute text-encoder and fusion activations in backward to save memory.",
+        default=False,
+    )
+    compile: bool = doc(
+        "torch.compile the encoders and fusion (first steps are slower while it compiles).",
+        default=False,
+    )
 
     def __post_init__(self) -> None:
         _require(self.num_workers >= 1, "train.num_workers", "must be >= 1")
@@ -261,6 +346,36 @@ class TrainConfig:
         _choice(self.precision, "train.precision", PRECISIONS)
         _require(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
         _require(self.grad_clip >= 0, "train.grad_clip", "must be >= 0")
+
+
+@dataclass
+class EvalConfig:
+    every: int = doc(
+        "Evaluate on data.val every N steps during training (0: only at the end).", default=0
+    )
+    ks: list[int] = doc("Recall@K cut-offs reported.", default_factory=lambda: [1, 5, 10])
+    rerank_k: int = doc(
+        "Re-rank each query's top k ITC candidates by ITM score (ALBEF's k_test); 0 disables.",
+        default=16,
+    )
+    class_names: list[str] | str | None = doc(
+        "Zero-shot class names by label index: a list, or a text file with one per line; "
+        "null = the distinct cls labels of the data.",
+        default=None,
+    )
+    prompt_template: str = doc(
+        "Zero-shot prompt; {} becomes the class name.", default="a photo of a {}"
+    )
+
+    def __post_init__(self) -> None:
+        _require(self.every >= 0, "eval.every", "must be >= 0")
+        _require(bool(self.ks) and all(k >= 1 for k in self.ks), "eval.ks", "must be positive ints")
+        _require(self.rerank_k >= 0, "eval.rerank_k", "must be >= 0")
+        _require(
+            "{}" in self.prompt_template,
+            "eval.prompt_template",
+            f"must contain '{{}}', got {self.prompt_template!r}",
+        )
 
 
 @dataclass
@@ -286,6 +401,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     @property
@@ -309,7 +425,20 @@ class RunConfig:
             else self.data.sources,
         )
         train = dataclasses.replace(self.train, storage_path=_absolute(self.train.storage_path))
-        return dataclasses.replace(self, data=data, train=train)
+        model = dataclasses.replace(
+            self.model,
+            vision=dataclasses.replace(
+                self.model.vision, weights=_absolute(self.model.vision.weights)
+            ),
+            text=dataclasses.replace(
+                self.model.text, pretrained=_absolute(self.model.text.pretrained)
+            ),
+        )
+        class_names = self.eval.class_names
+        if isinstance(class_names, str):
+            class_names = _absolute(class_names)
+        evaluation = dataclasses.replace(self.eval, class_names=class_names)
+        return dataclasses.replace(self, data=data, train=train, model=model, eval=evaluation)
 
     def check_runnable(self) -> None:
         """Checks that only matter when training, so `config show` works on a bare preset."""

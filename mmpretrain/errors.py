@@ -7,3 +7,7 @@ class DataQualityError(RuntimeError):
 
 class ResourceError(RuntimeError):
     """The cluster cannot hold the requested worker group; Ray would otherwise wait forever."""
+
+
+class CheckpointError(RuntimeError):
+    """A path that is not a usable run directory, checkpoint or export; says which and why."""

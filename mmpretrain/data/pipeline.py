@@ -81,7 +81,7 @@ def build_dataset(
 
 
 class CollateBatch(NumpyBatchCollateFn):
-    """numpy batch -> torch tensors, keeping sample keys as a list of str.
+    """numpy batch -> torch tensors, keeping sample keys and class labels as lists of str.
 
     Keys travel with every batch so the trainer can log what it consumed (the data position of a
     checkpoint) without a second pass over the shards; Ray's default collation rejects strings.
@@ -92,6 +92,7 @@ class CollateBatch(NumpyBatchCollateFn):
             name: torch.from_numpy(batch[name]) for name in ("image", "input_ids", "attention_mask")
         }
         out["key"] = [str(key) for key in batch["key"]]
+        out["label"] = [str(label) for label in batch["label"]]
         return out
 
 

@@ -108,8 +108,15 @@ def decode_image(
         raise UnusableSampleError(SkipReason.IMAGE_TOO_LARGE, str(exc)) from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise UnusableSampleError(SkipReason.CORRUPT_IMAGE, str(exc)) from exc
-    # Centre square first, then one resize of just that box: the same picture as "resize the
-    # shorter side, then centre crop", without resampling pixels that the crop throws away.
+    return centre_square(image, size)
+
+
+def centre_square(image: Image.Image, size: int) -> np.ndarray:
+    """RGB image -> ``size`` x ``size`` uint8 centre crop, as training and inference see it.
+
+    Centre square first, then one resize of just that box: the same picture as "resize the
+    shorter side, then centre crop", without resampling pixels that the crop throws away.
+    """
     width, height = image.size
     side = min(width, height)
     left, top = (width - side) / 2, (height - side) / 2
@@ -173,6 +180,21 @@ def prepare_sample(members: dict[str, Any], rules: SampleRules) -> tuple[np.ndar
     return image, caption
 
 
+def class_label(members: dict[str, Any]) -> str:
+    """The ``cls`` member as text ("" when absent or unreadable): zero-shot evaluation's label.
+
+    Kept whatever the caption source, so a captioned set that also carries labels can be
+    evaluated zero-shot; an unreadable label costs the label, not the sample.
+    """
+    raw = members.get("cls")
+    if raw is None:
+        return ""
+    try:
+        return bytes(raw).decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return ""
+
+
 def _as_bytes(value: Any) -> bytes | None:
     """A member's bytes, or None where this sample lacks it (Ray fills gaps with None or NaN)."""
     if isinstance(value, bytes | bytearray | memoryview):
@@ -193,6 +215,7 @@ def preprocess_rows(
     counts: Counter = Counter(seen=len(keys))
     images: list[np.ndarray] = []
     captions: list[str] = []
+    labels: list[str] = []
     kept: list[str] = []
     damage = batch.get("__damage__")
     for index, key in enumerate(keys):
@@ -210,6 +233,7 @@ def preprocess_rows(
             continue
         images.append(image)
         captions.append(caption)
+        labels.append(class_label(members))
         kept.append(key)
 
     size, length = rules.image_size, rules.max_text_len
@@ -225,6 +249,7 @@ def preprocess_rows(
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "key": np.array(kept, dtype=object),
+        "label": np.array(labels, dtype=object),
     }
     return batch_out, counts
 

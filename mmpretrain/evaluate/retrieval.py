@@ -1,4 +1,4 @@
-"""Image<->text retrieval recall@K from paired ITC embeddings.
+"""Image<->text retrieval recall@K from ITC similarities, with optional ITM re-ranking.
 
 Row i of the image and text embeddings is a true pair; every other row is a distractor, so the
 chance level of recall@K over N candidates is K / N.
@@ -9,15 +9,40 @@ from __future__ import annotations
 import torch
 
 
-def recall_at_k(similarity_QC: torch.Tensor, ks: tuple[int, ...]) -> dict[int, float]:
-    """Share of queries (rows) whose true candidate (same index) ranks within the top K."""
+def true_ranks(similarity_QC: torch.Tensor) -> torch.Tensor:
+    """Rank of each query's true candidate (same index) among all candidates; 0 = first."""
     true_Q = similarity_QC.diagonal()
-    rank_Q = (similarity_QC > true_Q[:, None]).sum(dim=1)  # 0 = ranked first
+    return (similarity_QC > true_Q[:, None]).sum(dim=1)
+
+
+def recall_at_k(similarity_QC: torch.Tensor, ks: tuple[int, ...]) -> dict[int, float]:
+    """Share of queries (rows) whose true candidate ranks within the top K."""
+    rank_Q = true_ranks(similarity_QC)
     return {k: (rank_Q < k).float().mean().item() for k in ks}
 
 
+def top_candidates(similarity_QC: torch.Tensor, k: int) -> torch.Tensor:
+    """``[Q, k]`` candidate indices of each query's k most ITC-similar candidates, best first."""
+    return similarity_QC.topk(min(k, similarity_QC.shape[1]), dim=1).indices
+
+
+def reranked_ranks(
+    similarity_QC: torch.Tensor, candidates_QK: torch.Tensor, match_scores_QK: torch.Tensor
+) -> torch.Tensor:
+    """True-candidate ranks after re-ordering each query's top k by ITM score (ALBEF k_test).
+
+    A true candidate inside the top k takes its place in the ITM order; one outside keeps its
+    ITC rank, which is k or worse, so re-ranking only ever reorders the shortlist.
+    """
+    queries = torch.arange(len(similarity_QC))
+    in_top_QK = candidates_QK == queries[:, None]
+    true_score_Q = torch.where(in_top_QK, match_scores_QK, -torch.inf).amax(dim=1)
+    itm_rank_Q = (match_scores_QK > true_score_Q[:, None]).sum(dim=1)
+    return torch.where(in_top_QK.any(dim=1), itm_rank_Q, true_ranks(similarity_QC))
+
+
 def retrieval_metrics(
-    image_emb_NE: torch.Tensor, text_emb_NE: torch.Tensor, ks: tuple[int, ...] = (1, 5)
+    image_emb_NE: torch.Tensor, text_emb_NE: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10)
 ) -> dict[str, float]:
     """Recall@K both ways plus the chance level for this many candidates."""
     if image_emb_NE.shape != text_emb_NE.shape or image_emb_NE.shape[0] < 2:
@@ -34,16 +59,3 @@ def retrieval_metrics(
     for k in ks:
         metrics[f"chance@{k}"] = min(1.0, k / candidates)
     return metrics
-
-
-def format_table(metrics: dict[str, float], ks: tuple[int, ...] = (1, 5)) -> str:
-    lines = [
-        f"retrieval over {int(metrics['candidates'])} held-out pairs",
-        f"{'direction':<14}" + "".join(f"{'R@' + str(k):>9}" for k in ks),
-    ]
-    for direction, label in (("i2t", "image->text"), ("t2i", "text->image")):
-        lines.append(
-            f"{label:<14}" + "".join(f"{metrics[f'{direction}_recall@{k}']:>9.3f}" for k in ks)
-        )
-    lines.append(f"{'chance':<14}" + "".join(f"{metrics[f'chance@{k}']:>9.3f}" for k in ks))
-    return "\n".join(lines)

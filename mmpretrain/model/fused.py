@@ -62,16 +62,26 @@ class FusedEncoder(nn.Module):
         self, cfg: ModelConfig, tokens: TokenIds, max_text_len: int, temperature: float = 0.07
     ):
         super().__init__()
-        width = cfg.text.hidden_size
+        width = cfg.fusion_width
         self.tokens = tokens
         self.vision = VisionEncoder(cfg.vision, width)
         self.text = TextEncoder(cfg.text, tokens.vocab_size, tokens.pad_id, max_text_len)
+        # Text features enter the fusion width; an identity when the widths agree (BERT-base).
+        self.text_to_fusion = (
+            nn.Identity() if self.text.width == width else nn.Linear(self.text.width, width)
+        )
         self.fusion = FusionModule(cfg.fusion, width)
         self.image_proj = nn.Linear(width, cfg.embed_dim)
-        self.text_proj = nn.Linear(width, cfg.embed_dim)
+        self.text_proj = nn.Linear(self.text.width, cfg.embed_dim)
         self.temperature = Temperature(temperature)
         self.itm_head = nn.Linear(width, 2)
         self.mlm_head = MLMHead(width, tokens.vocab_size)
+
+    def set_speed_options(self, *, channels_last: bool, activation_checkpointing: bool) -> None:
+        """Memory-layout and recompute switches; neither changes what the model computes."""
+        self.vision.channels_last = channels_last
+        self.text.set_activation_checkpointing(activation_checkpointing)
+        self.fusion.activation_checkpointing = activation_checkpointing
 
     def encode_image(self, images_BHWC: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (region tokens ``[B, N, D]``, unit ITC embedding ``[B, E]``)."""
@@ -88,4 +98,11 @@ class FusedEncoder(nn.Module):
     def fuse(
         self, text_BLD: torch.Tensor, attention_mask_BL: torch.Tensor, image_BND: torch.Tensor
     ) -> torch.Tensor:
-        return self.fusion(text_BLD, attention_mask_BL, image_BND)
+        """Text-encoder features + image tokens -> fused text tokens (pair summary at 0)."""
+        return self.fusion(self.text_to_fusion(text_BLD), attention_mask_BL, image_BND)
+
+    def match_logits(
+        self, text_BLD: torch.Tensor, attention_mask_BL: torch.Tensor, image_BND: torch.Tensor
+    ) -> torch.Tensor:
+        """ITM logits ``[B, 2]`` (column 1 = "these belong together") for aligned rows."""
+        return self.itm_head(self.fuse(text_BLD, attention_mask_BL, image_BND)[:, 0])

@@ -1,4 +1,14 @@
-"""Cross-modal fusion: text tokens attend to each other, then to image regions (ALBEF style).
+"""Cross-modal fusion: four ways for caption tokens and image regions to inform each other.
+
+- ``cross_attention``: text self-attends, then attends to the image regions (ALBEF).
+- ``merged``: one transformer stream over text and image tokens together (VisualBERT, UNITER).
+- ``co_attention``: a text stream and an image stream that cross-attend each other (ViLBERT).
+- ``gated``: cross-attention whose contribution to each text token is scaled by a learned,
+  input-dependent gate in (0, 1): how much this token should take from the image versus keep
+  from the text, the seed paper's context-dependent weighting of the two modalities.
+
+Every variant maps (text tokens, text mask, image tokens) to fused text tokens whose position 0
+([CLS]) summarises the pair, so ITM and MLM heads work on any of them.
 
 Attention is written out with ``nn.Linear`` projections and ``scaled_dot_product_attention``
 rather than ``nn.MultiheadAttention``, whose forward reads ``out_proj.weight`` without calling
@@ -10,6 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from mmpretrain.config import FusionConfig
 
@@ -49,47 +60,176 @@ class MultiHeadAttention(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, width: int, dropout: float):
         super().__init__()
+        self.norm = nn.LayerNorm(width)
         self.up = nn.Linear(width, 4 * width)
         self.down = nn.Linear(4 * width, width)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x_BLD: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.down(F.gelu(self.up(x_BLD))))
+        """Pre-norm residual feed-forward."""
+        return x_BLD + self.dropout(self.down(F.gelu(self.up(self.norm(x_BLD)))))
 
 
-class CrossAttentionLayer(nn.Module):
-    """Pre-norm block: self-attention over text, cross-attention to image, feed-forward."""
+class SelfAttention(nn.Module):
+    def __init__(self, width: int, heads: int, dropout: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.attn = MultiHeadAttention(width, heads, dropout)
+
+    def forward(self, x_BLD: torch.Tensor, mask_BL: torch.Tensor | None) -> torch.Tensor:
+        normed_BLD = self.norm(x_BLD)
+        return x_BLD + self.attn(normed_BLD, normed_BLD, mask_BL)
+
+
+class CrossAttention(nn.Module):
+    """Un-added cross-attention update ``attn(LN(x), LN(context))``; callers add (or gate) it."""
 
     def __init__(self, width: int, heads: int, dropout: float):
         super().__init__()
-        self.self_norm = nn.LayerNorm(width)
-        self.self_attn = MultiHeadAttention(width, heads, dropout)
-        self.cross_norm = nn.LayerNorm(width)
-        self.cross_attn = MultiHeadAttention(width, heads, dropout)
-        self.ffn_norm = nn.LayerNorm(width)
+        self.norm = nn.LayerNorm(width)
+        self.context_norm = nn.LayerNorm(width)
+        self.attn = MultiHeadAttention(width, heads, dropout)
+
+    def forward(
+        self, x_BLD: torch.Tensor, context_BND: torch.Tensor, context_mask_BN: torch.Tensor | None
+    ) -> torch.Tensor:
+        return self.attn(self.norm(x_BLD), self.context_norm(context_BND), context_mask_BN)
+
+
+class CrossAttentionLayer(nn.Module):
+    """Text self-attention, then text -> image cross-attention, then feed-forward."""
+
+    def __init__(self, width: int, heads: int, dropout: float):
+        super().__init__()
+        self.self_attn = SelfAttention(width, heads, dropout)
+        self.cross_attn = CrossAttention(width, heads, dropout)
         self.ffn = FeedForward(width, dropout)
 
     def forward(
         self, text_BLD: torch.Tensor, text_mask_BL: torch.Tensor, image_BND: torch.Tensor
     ) -> torch.Tensor:
-        normed = self.self_norm(text_BLD)
-        text_BLD = text_BLD + self.self_attn(normed, normed, text_mask_BL)
-        text_BLD = text_BLD + self.cross_attn(self.cross_norm(text_BLD), image_BND)
-        return text_BLD + self.ffn(self.ffn_norm(text_BLD))
+        text_BLD = self.self_attn(text_BLD, text_mask_BL)
+        text_BLD = text_BLD + self.cross_attn(text_BLD, image_BND, None)
+        return self.ffn(text_BLD)
+
+
+class ModalityGate(nn.Module):
+    """Per-token weight in (0, 1) of the image's update against the text token's own state."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.score = nn.Linear(2 * width, 1)
+        nn.init.zeros_(self.score.weight)  # start as an even 0.5 mix; learn where to deviate
+        nn.init.zeros_(self.score.bias)
+
+    def forward(self, text_BLD: torch.Tensor, update_BLD: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.score(torch.cat([self.norm(text_BLD), update_BLD], dim=-1)))
+
+
+class GatedCrossAttentionLayer(nn.Module):
+    """Cross-attention whose update is scaled per token by a gate that reads both modalities."""
+
+    def __init__(self, width: int, heads: int, dropout: float):
+        super().__init__()
+        self.self_attn = SelfAttention(width, heads, dropout)
+        self.cross_attn = CrossAttention(width, heads, dropout)
+        self.gate = ModalityGate(width)
+        self.ffn = FeedForward(width, dropout)
+
+    def forward(
+        self, text_BLD: torch.Tensor, text_mask_BL: torch.Tensor, image_BND: torch.Tensor
+    ) -> torch.Tensor:
+        text_BLD = self.self_attn(text_BLD, text_mask_BL)
+        update_BLD = self.cross_attn(text_BLD, image_BND, None)
+        text_BLD = text_BLD + self.gate(text_BLD, update_BLD) * update_BLD
+        return self.ffn(text_BLD)
+
+
+class MergedLayer(nn.Module):
+    """A transformer layer over the joint sequence of text and image tokens."""
+
+    def __init__(self, width: int, heads: int, dropout: float):
+        super().__init__()
+        self.self_attn = SelfAttention(width, heads, dropout)
+        self.ffn = FeedForward(width, dropout)
+
+    def forward(self, joint_BTD: torch.Tensor, joint_mask_BT: torch.Tensor) -> torch.Tensor:
+        return self.ffn(self.self_attn(joint_BTD, joint_mask_BT))
+
+
+class CoAttentionLayer(nn.Module):
+    """Two streams: each self-attends, then attends to the other's state from before the layer."""
+
+    def __init__(self, width: int, heads: int, dropout: float):
+        super().__init__()
+        self.text_self = SelfAttention(width, heads, dropout)
+        self.image_self = SelfAttention(width, heads, dropout)
+        self.text_from_image = CrossAttention(width, heads, dropout)
+        self.image_from_text = CrossAttention(width, heads, dropout)
+        self.text_ffn = FeedForward(width, dropout)
+        self.image_ffn = FeedForward(width, dropout)
+
+    def forward(
+        self, text_BLD: torch.Tensor, text_mask_BL: torch.Tensor, image_BND: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        text_BLD = self.text_self(text_BLD, text_mask_BL)
+        image_BND = self.image_self(image_BND, None)
+        text_update_BLD = self.text_from_image(text_BLD, image_BND, None)
+        image_update_BND = self.image_from_text(image_BND, text_BLD, text_mask_BL)
+        return self.text_ffn(text_BLD + text_update_BLD), self.image_ffn(
+            image_BND + image_update_BND
+        )
 
 
 class FusionModule(nn.Module):
+    """A stack of fusion layers of one variant, a final norm, and optional checkpointing."""
+
     def __init__(self, cfg: FusionConfig, width: int):
         super().__init__()
+        self.type = cfg.type
+        layer_class = {
+            "cross_attention": CrossAttentionLayer,
+            "gated": GatedCrossAttentionLayer,
+            "merged": MergedLayer,
+            "co_attention": CoAttentionLayer,
+        }[cfg.type]
         self.layers = nn.ModuleList(
-            CrossAttentionLayer(width, cfg.heads, cfg.dropout) for _ in range(cfg.layers)
+            layer_class(width, cfg.heads, cfg.dropout) for _ in range(cfg.layers)
         )
+        if cfg.type == "merged":
+            # Which token is text and which is image: one learned vector per modality.
+            self.modality = nn.Embedding(2, width)
         self.norm = nn.LayerNorm(width)
+        self.activation_checkpointing = False
+
+    def _call(self, layer: nn.Module, *inputs: torch.Tensor):
+        if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(layer, *inputs, use_reentrant=False)
+        return layer(*inputs)
 
     def forward(
         self, text_BLD: torch.Tensor, text_mask_BL: torch.Tensor, image_BND: torch.Tensor
     ) -> torch.Tensor:
         """Text tokens conditioned on the image; position 0 ([CLS]) summarises the pair."""
+        if self.type == "merged":
+            length = text_BLD.shape[1]
+            types_T = torch.cat(
+                [
+                    torch.zeros(length, dtype=torch.long, device=text_BLD.device),
+                    torch.ones(image_BND.shape[1], dtype=torch.long, device=text_BLD.device),
+                ]
+            )
+            joint_BTD = torch.cat([text_BLD, image_BND], dim=1) + self.modality(types_T)
+            image_mask_BN = text_mask_BL.new_ones(image_BND.shape[:2])
+            joint_mask_BT = torch.cat([text_mask_BL, image_mask_BN], dim=1)
+            for layer in self.layers:
+                joint_BTD = self._call(layer, joint_BTD, joint_mask_BT)
+            return self.norm(joint_BTD[:, :length])
+        if self.type == "co_attention":
+            for layer in self.layers:
+                text_BLD, image_BND = self._call(layer, text_BLD, text_mask_BL, image_BND)
+            return self.norm(text_BLD)
         for layer in self.layers:
-            text_BLD = layer(text_BLD, text_mask_BL, image_BND)
+            text_BLD = self._call(layer, text_BLD, text_mask_BL, image_BND)
         return self.norm(text_BLD)

@@ -1,29 +1,89 @@
-"""BERT text encoder built from a ``BertConfig`` (random init; never downloads weights)."""
+"""BERT text encoder: built from ``BertConfig`` (random init) or a local Hugging Face folder.
+
+Nothing here downloads: ``from_pretrained`` is called with ``local_files_only``.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import BertConfig, BertModel
 
-from mmpretrain.config import TextConfig
+from mmpretrain.config import ConfigError, TextConfig
 
 BERT_MAX_POSITIONS = 512
+SIZE_FIELDS = {
+    "hidden_size": "hidden_size",
+    "layers": "num_hidden_layers",
+    "heads": "num_attention_heads",
+    "intermediate_size": "intermediate_size",
+}
+
+
+def load_pretrained_bert(cfg: TextConfig, vocab_size: int, max_len: int) -> BertModel:
+    """A local BERT whose sizes must equal the config's, so fusion and heads fit it."""
+    folder = Path(cfg.pretrained)
+    if not (folder / "config.json").is_file():
+        raise ConfigError(
+            f"model.text.pretrained: {cfg.pretrained!r} is not a Hugging Face model folder "
+            "(no config.json)"
+        )
+    bert = BertModel.from_pretrained(folder, local_files_only=True, add_pooling_layer=False)
+    for key, hf_name in SIZE_FIELDS.items():
+        if getattr(bert.config, hf_name) != getattr(cfg, key):
+            raise ConfigError(
+                f"model.text.{key}={getattr(cfg, key)} but {cfg.pretrained!r} has "
+                f"{hf_name}={getattr(bert.config, hf_name)}; set model.text.{key} to match"
+            )
+    if bert.config.vocab_size != vocab_size:
+        raise ConfigError(
+            f"data.tokenizer has {vocab_size} tokens but model.text.pretrained has "
+            f"vocab_size={bert.config.vocab_size}; use the tokenizer saved with that model"
+        )
+    if bert.config.max_position_embeddings < max_len:
+        raise ConfigError(
+            f"data.max_text_len={max_len} exceeds the {bert.config.max_position_embeddings} "
+            "positions of model.text.pretrained"
+        )
+    return bert
 
 
 class TextEncoder(nn.Module):
     def __init__(self, cfg: TextConfig, vocab_size: int, pad_token_id: int, max_len: int):
         super().__init__()
-        self.config = BertConfig(
-            vocab_size=vocab_size,
-            hidden_size=cfg.hidden_size,
-            num_hidden_layers=cfg.layers,
-            num_attention_heads=cfg.heads,
-            intermediate_size=cfg.intermediate_size,
-            max_position_embeddings=max(BERT_MAX_POSITIONS, max_len),
-            pad_token_id=pad_token_id,
-        )
-        self.bert = BertModel(self.config, add_pooling_layer=False)
+        if cfg.pretrained:
+            self.bert = load_pretrained_bert(cfg, vocab_size, max_len)
+        else:
+            config = BertConfig(
+                vocab_size=vocab_size,
+                hidden_size=cfg.hidden_size,
+                num_hidden_layers=cfg.layers,
+                num_attention_heads=cfg.heads,
+                intermediate_size=cfg.intermediate_size,
+                max_position_embeddings=max(BERT_MAX_POSITIONS, max_len),
+                pad_token_id=pad_token_id,
+            )
+            self.bert = BertModel(config, add_pooling_layer=False)
+        self.width = self.bert.config.hidden_size
+
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        # transformers 5 renamed gradient_* to activation_checkpointing_*; 4.x has only the old.
+        if hasattr(self.bert, "activation_checkpointing_enable"):
+            enable, disable = (
+                self.bert.activation_checkpointing_enable,
+                self.bert.activation_checkpointing_disable,
+            )
+        else:
+            enable, disable = (
+                self.bert.gradient_checkpointing_enable,
+                self.bert.gradient_checkpointing_disable,
+            )
+        if enabled:
+            enable({"use_reentrant": False})
+        elif self.bert.is_gradient_checkpointing:
+            disable()
 
     def forward(self, input_ids_BL: torch.Tensor, attention_mask_BL: torch.Tensor) -> torch.Tensor:
         """Token ids -> contextual token features ``[B, L, hidden]`` ([CLS] first)."""

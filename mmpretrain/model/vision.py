@@ -1,17 +1,20 @@
 """ResNet visual encoder producing region tokens for the fusion module.
 
 The last stage's feature map is a grid of regions; each becomes a token, and their mean is
-prepended as a global token (the CLS of the image) that ITC embeds.
+prepended as a global token (the CLS of the image) that ITC embeds. The pooled trunk features
+also feed the image-only SimSiam objective.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from mmpretrain.config import VisionConfig
+from mmpretrain.config import ConfigError, VisionConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -24,11 +27,35 @@ BLOCKS = {
 }
 
 
+def load_resnet_weights(resnet: ResNet, path: str) -> None:
+    """A local torchvision state dict into ``resnet``; a mismatch names what did not fit."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"model.vision.weights: {path!r} is not a file")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and torch errors alike: the file is not usable
+        raise ConfigError(f"model.vision.weights: cannot read {path!r}: {exc}") from exc
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    result = resnet.load_state_dict(state, strict=False)
+    missing = [key for key in result.missing_keys if not key.startswith("fc.")]
+    if missing or result.unexpected_keys:
+        raise ConfigError(
+            f"model.vision.weights: {path!r} does not fit the configured ResNet "
+            f"(missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}); "
+            "check model.vision.name and model.vision.depths"
+        )
+
+
 def build_resnet(cfg: VisionConfig) -> ResNet:
-    """A randomly initialised torchvision ResNet; ``depths`` shrinks it for CPU-sized presets."""
+    """A torchvision ResNet: random init, or ``weights`` from a local file; never a download."""
     if cfg.depths is None:
-        return getattr(torchvision.models, cfg.name)(weights=None)
-    return ResNet(BLOCKS[cfg.name], list(cfg.depths))
+        resnet = getattr(torchvision.models, cfg.name)(weights=None)
+    else:
+        resnet = ResNet(BLOCKS[cfg.name], list(cfg.depths))
+    if cfg.weights:
+        load_resnet_weights(resnet, cfg.weights)
+    return resnet
 
 
 class VisionEncoder(nn.Module):
@@ -45,17 +72,31 @@ class VisionEncoder(nn.Module):
             resnet.layer3,
             resnet.layer4,
         )
-        self.region_proj = nn.Linear(resnet.fc.in_features, width)
+        self.trunk_width = resnet.fc.in_features
+        self.region_proj = nn.Linear(self.trunk_width, width)
         self.norm = nn.LayerNorm(width)
+        self.channels_last = True
         # Normalisation lives on the device so uint8 images cross the data path (4x smaller).
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
+    def to_pixels(self, images_BHWC: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[B, H, W, 3]`` -> float ``[B, 3, H, W]`` in [0, 1] (what augmentations use)."""
+        return images_BHWC.permute(0, 3, 1, 2).to(self.mean.dtype).div(255.0)
+
+    def feature_map(self, pixels_BCHW: torch.Tensor) -> torch.Tensor:
+        """[0, 1] pixels -> the last stage's ``[B, C, h, w]`` map."""
+        pixels_BCHW = (pixels_BCHW - self.mean) / self.std
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        return self.trunk(pixels_BCHW.contiguous(memory_format=memory_format))
+
+    def pooled(self, pixels_BCHW: torch.Tensor) -> torch.Tensor:
+        """Globally pooled trunk features ``[B, C]`` (the SimSiam backbone output)."""
+        return self.feature_map(pixels_BCHW).mean(dim=(2, 3))
+
     def forward(self, images_BHWC: torch.Tensor) -> torch.Tensor:
         """uint8 ``[B, H, W, 3]`` images -> ``[B, 1 + regions, width]`` tokens (global first)."""
-        pixels_BCHW = images_BHWC.permute(0, 3, 1, 2).to(self.mean.dtype).div(255.0)
-        pixels_BCHW = (pixels_BCHW - self.mean) / self.std
-        fmap_BCHW = self.trunk(pixels_BCHW.contiguous(memory_format=torch.channels_last))
+        fmap_BCHW = self.feature_map(self.to_pixels(images_BHWC))
         regions_BNC = fmap_BCHW.flatten(2).transpose(1, 2)
         regions_BND = self.region_proj(regions_BNC)
         tokens_BND = torch.cat([regions_BND.mean(dim=1, keepdim=True), regions_BND], dim=1)

@@ -32,7 +32,9 @@ def deepspeed_config(cfg: RunConfig) -> dict[str, Any]:
         "gradient_accumulation_steps": train.grad_accum,
         "gradient_clipping": train.grad_clip,
         "zero_optimization": {"stage": train.zero_stage},
-        "bf16": {"enabled": resolve_precision(cfg) == "bf16"},
+        # bf16 as autocast: weights, gradients and optimizer state stay fp32, matmuls and
+        # convolutions run in bf16 (what OpenCLIP's amp_bf16 does); works on CPU too.
+        "torch_autocast": {"enabled": resolve_precision(cfg) == "bf16", "dtype": "bfloat16"},
         # torch's AdamW is supported by ZeRO but not on DeepSpeed's own allow-list.
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
@@ -55,6 +57,8 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
 
 
 def build_engine(model: nn.Module, cfg: RunConfig):  # -> deepspeed.DeepSpeedEngine
+    """DeepSpeed engine around ``model``; with ``train.compile`` DeepSpeed's own compile path,
+    which keeps ZeRO-3's parameter hooks working under ``torch.compile``."""
     import deepspeed
 
     train = cfg.train
@@ -71,4 +75,20 @@ def build_engine(model: nn.Module, cfg: RunConfig):  # -> deepspeed.DeepSpeedEng
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg)
     )
+    if train.compile:
+        engine.compile()
     return engine
+
+
+@torch.no_grad()
+def update_momentum_encoder(task: nn.Module, momentum: float) -> None:
+    """EMA of the online encoder into the momentum encoder (ALBEF), after each optimizer step.
+
+    Under ZeRO-3 a parameter's values live in ``ds_tensor`` (this rank's slice) and
+    ``param.data`` is an empty placeholder; both encoders have identical shapes, so their slices
+    line up and each rank updates its own slice without any communication.
+    """
+    for momentum_param, param in task.momentum_pairs():
+        target = getattr(momentum_param, "ds_tensor", momentum_param.data)
+        source = getattr(param, "ds_tensor", param.data)
+        target.mul_(momentum).add_(source.to(target.dtype), alpha=1.0 - momentum)

@@ -1,7 +1,8 @@
 """The per-worker training loop: read it top to bottom.
 
 tokenizer -> model -> DeepSpeed engine -> resume -> ``while step < max_steps`` over the worker's
-split of the shards -> checkpoint every N steps -> held-out retrieval evaluation.
+split of the shards (forward, backward, step, momentum update) -> log, checkpoint and evaluate
+every N steps -> held-out evaluation at the end.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from mmpretrain.config import RunConfig, config_from_dict
 from mmpretrain.data import quality
 from mmpretrain.data.pipeline import collate_batch
 from mmpretrain.data.tokenizer import load_tokenizer
-from mmpretrain.evaluate.retrieval import format_table
-from mmpretrain.model import TokenIds, build_task
+from mmpretrain.evaluate.report import format_table
+from mmpretrain.train.builder import build_training_task
 from mmpretrain.train.checkpoint import restore, save_and_report
-from mmpretrain.train.engine import build_engine
-from mmpretrain.train.evaluation import evaluate_retrieval
+from mmpretrain.train.engine import build_engine, update_momentum_encoder
+from mmpretrain.train.evaluation import evaluate
 from mmpretrain.train.progress import ProgressLog, console
 from mmpretrain.train.state import TrainState
 
@@ -61,15 +62,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # Identical initial weights on every rank; the engine broadcasts rank 0's anyway.
     torch.manual_seed(cfg.train.seed)
     tokenizer = load_tokenizer(cfg.data.tokenizer)
-    tokens = TokenIds(
-        tokenizer.vocab_size,
-        tokenizer.pad_id,
-        tokenizer.cls_id,
-        tokenizer.sep_id,
-        tokenizer.mask_id,
-    )
-    task = build_task(cfg.model, cfg.objectives, tokens, cfg.data.max_text_len).to(device)
-    engine = build_engine(task, cfg)
+    engine = build_engine(build_training_task(cfg, tokenizer).to(device), cfg)
 
     state = TrainState()
     checkpoint = ray.train.get_checkpoint()
@@ -81,6 +74,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.train.seed + 1000 * (rank + 1) + state.step)
 
     progress = ProgressLog(cfg.run_dir, cfg.train.max_steps, state.step) if rank == 0 else None
+    has_val = "val" in loop_config.get("datasets", ())
     train_split = ray.train.get_dataset_shard("train")
     counts: dict[str, int] = {}
     while state.step < cfg.train.max_steps:
@@ -105,6 +99,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if not boundary:
                 continue
             state.step += 1
+            update_momentum_encoder(engine.module, cfg.objectives.momentum)
 
             if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps:
                 values = _mean_across_ranks(losses)  # collective: every rank joins
@@ -120,6 +115,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 # The data-quality books ride along, so Ray's result metrics carry them too.
                 save_and_report(engine, state, {"loss": losses["loss"].item(), **counts}, rank)
 
+            periodic = has_val and cfg.eval.every and state.step % cfg.eval.every == 0
+            if periodic and state.step < cfg.train.max_steps:  # the last one follows the loop
+                _evaluate_and_report(engine, cfg, tokenizer, device, state.step, rank)
+
             if state.step >= cfg.train.max_steps:
                 break
         else:
@@ -130,16 +129,24 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 )
             state.epoch += 1
 
-    # Held-out retrieval at the end (collective: every rank embeds its stripe of the batches).
-    if "val" in loop_config.get("datasets", ()):
-        metrics = evaluate_retrieval(
-            engine.module,
-            ray.train.get_dataset_shard("val"),
-            batch_size=cfg.data.batch_size,
-            device=device,
-        )
+    # Held-out evaluation at the end (collective: every rank takes its stripe of the work).
+    if has_val:
+        metrics = _evaluate_and_report(engine, cfg, tokenizer, device, state.step, rank)
         if rank == 0:
-            metrics["step"] = state.step
             (cfg.run_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
-            console(format_table(metrics))
-        ray.train.report({"step": state.step, **metrics})
+
+
+def _evaluate_and_report(
+    engine: Any, cfg: RunConfig, tokenizer: Any, device: torch.device, step: int, rank: int
+) -> dict[str, float]:
+    """The same evaluation ``mmpretrain eval`` runs, on the live (possibly sharded) model."""
+    metrics = evaluate(
+        engine.module.encoder, ray.train.get_dataset_shard("val"), cfg, tokenizer, device
+    )
+    metrics["step"] = step
+    if rank == 0:
+        with (cfg.run_dir / "eval.jsonl").open("a") as history:
+            history.write(json.dumps(metrics) + "\n")
+        console(format_table(metrics))
+    ray.train.report(metrics)
+    return metrics

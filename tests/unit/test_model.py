@@ -37,39 +37,162 @@ def make_task(tokenizer_dir: Path, *overrides: str) -> PretrainingTask:
     return build_task(cfg.model, cfg.objectives, tokens, cfg.data.max_text_len)
 
 
-def test_forward_returns_finite_loss_per_objective(synth_data) -> None:
-    task = make_task(synth_data["tokenizer"])
-    batch = make_batch(synth_data["tokenizer"], 8)
-    out = task(batch["image"], batch["input_ids"], batch["attention_mask"])
-    for name in ("loss", "loss_itc", "loss_itm", "loss_mlm"):
-        assert out[name].ndim == 0 and torch.isfinite(out[name]), name
-    # At init ITC is near chance: log(batch) for each direction.
-    assert out["loss_itc"].item() == pytest.approx(math.log(8), rel=0.25)
-    weighted = out["loss_itc"] + out["loss_itm"] + out["loss_mlm"]
-    assert out["loss"].item() == pytest.approx(weighted.item(), rel=1e-6)
+OBJECTIVES = ("itc", "itm", "mlm", "text_mlm", "image_ssl")
 
 
-def test_zero_weight_skips_the_objective(synth_data) -> None:
-    task = make_task(synth_data["tokenizer"], "objectives.itm=0", "objectives.mlm=0")
-    batch = make_batch(synth_data["tokenizer"], 4)
-    out = task(batch["image"], batch["input_ids"], batch["attention_mask"])
-    assert set(out) == {"loss", "loss_itc"}
+def only(*active: str) -> list[str]:
+    """Overrides giving the named objectives weight 1 and every other weight 0."""
+    return [f"objectives.{name}={1 if name in active else 0}" for name in OBJECTIVES]
 
 
-def test_overfitting_one_batch_drives_the_loss_down(synth_data) -> None:
+STEPS = 30
+
+
+def start(history: list[dict[str, float]], name: str) -> float:
+    return sum(h[name] for h in history[:5]) / 5
+
+
+def settled(history: list[dict[str, float]], name: str) -> float:
+    return sum(h[name] for h in history[-5:]) / 5
+
+
+def train_fixed_batch(
+    task: PretrainingTask, batch: dict[str, torch.Tensor], steps: int, lr: float = 1e-3
+) -> list[dict[str, float]]:
+    """Steps of AdamW on one batch; seeded each step so masks, negatives and views repeat."""
     torch.set_num_threads(2)
-    task = make_task(synth_data["tokenizer"])
-    batch = make_batch(synth_data["tokenizer"], 8)
-    optimizer = torch.optim.AdamW(task.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(40):
-        torch.manual_seed(1)  # same masks and negatives each step: truly one fixed input
+    optimizer = torch.optim.AdamW([p for p in task.parameters() if p.requires_grad], lr=lr)
+    history = []
+    for _ in range(steps):
+        torch.manual_seed(1)
         out = task(batch["image"], batch["input_ids"], batch["attention_mask"])
         optimizer.zero_grad()
         out["loss"].backward()
         optimizer.step()
-        losses.append(out["loss"].item())
-    assert losses[-1] < losses[0] / 20, losses[::5]
+        history.append({name: value.item() for name, value in out.items()})
+    return history
+
+
+def test_forward_returns_finite_loss_per_objective(synth_data) -> None:
+    task = make_task(synth_data["tokenizer"])
+    batch = make_batch(synth_data["tokenizer"], 8)
+    out = task(batch["image"], batch["input_ids"], batch["attention_mask"])
+    for name in ("loss", *(f"loss_{objective}" for objective in OBJECTIVES)):
+        assert out[name].ndim == 0 and torch.isfinite(out[name]), name
+    # At init ITC is near chance: log(batch) for each direction.
+    assert out["loss_itc"].item() == pytest.approx(math.log(8), rel=0.25)
+    weights = task.objectives
+    weighted = sum(getattr(weights, name) * out[f"loss_{name}"] for name in OBJECTIVES)
+    assert out["loss"].item() == pytest.approx(weighted.item(), rel=1e-6)
+
+
+def test_zero_weight_skips_the_objective_and_builds_none_of_it(synth_data) -> None:
+    task = make_task(synth_data["tokenizer"], *only("itc"))
+    batch = make_batch(synth_data["tokenizer"], 4)
+    out = task(batch["image"], batch["input_ids"], batch["attention_mask"])
+    assert set(out) == {"loss", "loss_itc"}
+    assert task.text_mlm_head is None and task.ssl_head is None and task.momentum_encoder is None
+
+
+@pytest.mark.parametrize("fusion", ["cross_attention", "merged", "co_attention", "gated"])
+def test_each_fusion_variant_learns_matching_and_masked_words(synth_data, fusion) -> None:
+    task = make_task(synth_data["tokenizer"], f"model.fusion.type={fusion}", *only("itm", "mlm"))
+    batch = make_batch(synth_data["tokenizer"], 8)
+    gates: list[torch.Tensor] = []
+    for module in task.encoder.fusion.modules():
+        if type(module).__name__ == "ModalityGate":
+            module.register_forward_hook(lambda _m, _i, out: gates.append(out.detach()))
+    history = train_fixed_batch(task, batch, steps=STEPS)
+    # ITM starts at log 2 and is the slower of the two to learn on one batch.
+    for name, factor in (("loss_itm", 0.85), ("loss_mlm", 0.5)):
+        assert settled(history, name) < factor * start(history, name), [h[name] for h in history]
+    if fusion == "gated":
+        # The gate starts at an even 0.5 everywhere and learns to weigh tokens differently.
+        assert torch.allclose(gates[0], torch.full_like(gates[0], 0.5))
+        assert gates[-1].std() > 1e-3 and ((gates[-1] > 0) & (gates[-1] < 1)).all()
+
+
+@pytest.mark.parametrize(
+    ("active", "extra"),
+    [
+        (("itc",), ()),
+        (("itm",), ()),
+        (("mlm",), ()),
+        (("text_mlm",), ()),
+        (("image_ssl",), ()),
+        (("itc", "mlm"), ("objectives.distill=true",)),
+    ],
+    ids=["itc", "itm", "mlm", "text_mlm", "image_ssl", "distill"],
+)
+def test_each_objective_alone_lowers_its_loss(synth_data, active, extra) -> None:
+    task = make_task(synth_data["tokenizer"], *only(*active), *extra)
+    batch = make_batch(synth_data["tokenizer"], 8)
+    history = train_fixed_batch(task, batch, steps=STEPS)
+    for name in (f"loss_{objective}" for objective in active):
+        first, last = start(history, name), settled(history, name)
+        if name == "loss_image_ssl":  # a negative cosine in [-1, 1]: -1 is full agreement
+            assert last < first - 0.3, (name, first, last)
+        else:  # cross-entropies; ITM starts at log 2 and learns slowest
+            assert last < (0.85 if name == "loss_itm" else 0.7) * first, (name, first, last)
+
+
+def test_momentum_update_moves_the_copy_toward_the_online_encoder(synth_data) -> None:
+    from mmpretrain.train.engine import update_momentum_encoder
+
+    task = make_task(synth_data["tokenizer"], *only("itc"), "objectives.distill=true")
+    online = dict(task.encoder.named_parameters())
+    momentum = dict(task.momentum_encoder.named_parameters())
+    assert not any(p.requires_grad for p in momentum.values())
+    with torch.no_grad():
+        for param in online.values():
+            param.add_(1.0)
+    before = {name: p.clone() for name, p in momentum.items()}
+    update_momentum_encoder(task, 0.9)
+    for name, param in momentum.items():
+        expected = 0.9 * before[name] + 0.1 * online[name]
+        assert torch.allclose(param, expected, atol=1e-6), name
+
+
+def test_speed_switches_do_not_change_the_numbers(synth_data) -> None:
+    batch = make_batch(synth_data["tokenizer"], 4)
+
+    def loss_and_grad(*overrides: str) -> tuple[float, torch.Tensor]:
+        task = make_task(synth_data["tokenizer"], *overrides)
+        task.encoder.set_speed_options(
+            channels_last="train.channels_last=true" in overrides,
+            activation_checkpointing="train.activation_checkpointing=true" in overrides,
+        )
+        torch.manual_seed(1)
+        out = task(batch["image"], batch["input_ids"], batch["attention_mask"])
+        out["loss"].backward()
+        return out["loss"].item(), task.encoder.fusion.layers[0].ffn.up.weight.grad
+
+    plain_loss, plain_grad = loss_and_grad()
+    for switch in ("train.channels_last=true", "train.activation_checkpointing=true"):
+        loss, grad = loss_and_grad(switch)
+        assert loss == pytest.approx(plain_loss, rel=1e-4), switch
+        assert torch.allclose(grad, plain_grad, atol=1e-5), switch
+
+
+def test_base_preset_has_the_seed_papers_sizes_and_runs_a_step_on_cpu() -> None:
+    cfg = load_config("base")
+    torch.manual_seed(0)
+    task = build_task(cfg.model, cfg.objectives, TokenIds(30522, 0, 101, 102, 103), 40)
+
+    def millions(module: torch.nn.Module) -> float:
+        return sum(p.numel() for p in module.parameters()) / 1e6
+
+    assert millions(task.encoder.vision.trunk) == pytest.approx(23.5, abs=0.1)  # ResNet-50
+    assert millions(task.encoder.text) == pytest.approx(108.9, abs=0.2)  # BERT-base, no pooler
+    assert millions(task.encoder.fusion) == pytest.approx(56.7, abs=0.2)  # 6 layers at 768
+    images = torch.randint(0, 256, (2, 224, 224, 3), dtype=torch.uint8)
+    ids = torch.randint(1000, 30000, (2, 40))
+    ids[:, 0] = 101
+    out = task(images, ids, torch.ones_like(ids))
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"])
+    for module in (task.encoder.vision.trunk[0], task.encoder.fusion.layers[-1].ffn.down):
+        assert module.weight.grad.abs().sum() > 0
 
 
 def test_embeddings_are_unit_vectors_and_images_enter_as_uint8(synth_data) -> None:
