@@ -21,19 +21,22 @@ DEMO_VAL_SAMPLES = 256
 DEMO_SHARD_SIZE = 256
 DEMO_VOCAB = 400
 VAL_INDEX_OFFSET = 10**6  # held-out samples come from a disjoint index range
+DATA_MARKER = "complete-v2"  # v2 shards carry cls labels; older demo data is rewritten
+# Zero-shot prompts in the synthetic captions' own words ("a picture of a small red circle").
+DEMO_PROMPT = "a picture of a {}"
 
 
 def prepare_demo_data(root: Path, seed: int = 0) -> tuple[Path, Path, Path]:
     """Writes (once) train/val shards and a tokenizer under ``root``."""
     train_dir, val_dir, tokenizer_dir = root / "train", root / "val", root / "tokenizer"
-    if not (train_dir / "done").exists():
+    if not (train_dir / DATA_MARKER).exists():
         write_synthetic_shards(train_dir, DEMO_TRAIN_SAMPLES, DEMO_SHARD_SIZE, seed=seed)
-        (train_dir / "done").touch()
-    if not (val_dir / "done").exists():
+        (train_dir / DATA_MARKER).touch()
+    if not (val_dir / DATA_MARKER).exists():
         write_synthetic_shards(
             val_dir, DEMO_VAL_SAMPLES, DEMO_SHARD_SIZE, seed=seed, first_index=VAL_INDEX_OFFSET
         )
-        (val_dir / "done").touch()
+        (val_dir / DATA_MARKER).touch()
     if not (tokenizer_dir / "tokenizer.json").exists():
         train_tokenizer(str(train_dir), tokenizer_dir, vocab_size=DEMO_VOCAB)
     return train_dir, val_dir, tokenizer_dir
@@ -52,6 +55,7 @@ def run_demo(runs_dir: str = "runs", overrides: Sequence[str] = ()) -> TrainResu
             f"data.tokenizer={tokenizer_dir}",
             f"train.storage_path={root}",
             f"train.run_name={run_name}",
+            f"eval.prompt_template={DEMO_PROMPT}",
             *overrides,
         ],
     )

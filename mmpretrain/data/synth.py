@@ -4,6 +4,7 @@ Each image holds one to three coloured shapes in cells of a 3x3 grid; the captio
 size, shape and position of each ("a large red circle at the top left and a small blue square in
 the center"). Captions are rarely repeated (8 colours x 6 shapes x 2 sizes x 9 cells, combined),
 so held-out retrieval can only beat chance if the model has learned to ground words in pixels.
+Each sample also carries a ``cls`` label (the shape named first) for zero-shot evaluation.
 """
 
 from __future__ import annotations
@@ -109,12 +110,19 @@ def render_scene(scene: list[ShapeSpec], side: int, rng: random.Random) -> Image
 
 def synth_sample(index: int, seed: int, side: int) -> tuple[bytes, str]:
     """Renders sample ``index`` of the data set for ``seed``; independent of other samples."""
+    jpeg, caption, _ = synth_labelled_sample(index, seed, side)
+    return jpeg, caption
+
+
+def synth_labelled_sample(index: int, seed: int, side: int) -> tuple[bytes, str, str]:
+    """(JPEG, caption, class label): the label is the shape the caption names first, which
+    zero-shot evaluation tries to recognise from a prompt such as "a picture of a circle"."""
     rng = random.Random(f"{seed}:{index}")
     scene = sample_scene(rng)
     caption = caption_for(scene, rng)
     buffer = io.BytesIO()
     render_scene(scene, side, rng).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue(), caption
+    return buffer.getvalue(), caption, scene[0].shape
 
 
 def write_synthetic_shards(
@@ -139,7 +147,7 @@ def write_synthetic_shards(
         members = []
         for offset in range(start, min(start + shard_size, samples)):
             index = first_index + offset
-            jpeg, caption = synth_sample(index, seed, image_side)
+            jpeg, caption, label = synth_labelled_sample(index, seed, image_side)
             key = f"{shard_index:05d}{offset - start:04d}"
             meta = {
                 "key": key,
@@ -150,7 +158,15 @@ def write_synthetic_shards(
                 "url": f"synth://{seed}/{index}",
             }
             members.append(
-                (key, {"jpg": jpeg, "txt": caption.encode(), "json": json.dumps(meta).encode()})
+                (
+                    key,
+                    {
+                        "jpg": jpeg,
+                        "txt": caption.encode(),
+                        "json": json.dumps(meta).encode(),
+                        "cls": label.encode(),
+                    },
+                )
             )
         path = out / f"{shard_index:05d}.tar"
         write_shard(path, members)

@@ -92,3 +92,22 @@ def update_momentum_encoder(task: nn.Module, momentum: float) -> None:
         target = getattr(momentum_param, "ds_tensor", momentum_param.data)
         source = getattr(param, "ds_tensor", param.data)
         target.mul_(momentum).add_(source.to(target.dtype), alpha=1.0 - momentum)
+
+
+@torch.no_grad()
+def average_buffers(module: nn.Module) -> None:
+    """Averages floating-point buffers (BatchNorm running statistics) over the ranks.
+
+    Each rank's BatchNorm layers track statistics of its own data; without this the checkpoint
+    would hold rank 0's alone and a data-parallel evaluation would embed each rank's stripe with
+    different statistics. Called before every checkpoint and evaluation (as timm's
+    ``distribute_bn``); parameters need no such step, the optimizer keeps them identical.
+    """
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return
+    for buffer in module.buffers():
+        if buffer.is_floating_point():
+            dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+            buffer.div_(dist.get_world_size())

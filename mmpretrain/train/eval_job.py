@@ -8,6 +8,7 @@ access to the checkpoint's file system.
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ from mmpretrain.train.consolidate import load_encoder_state, resolve_weights, so
 from mmpretrain.train.evaluation import evaluate
 from mmpretrain.train.launch import check_resources, connect
 
+RESULT_FILE = "metrics.json"
+
 
 def eval_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import torch
@@ -39,7 +42,14 @@ def eval_loop_per_worker(loop_config: dict[str, Any]) -> None:
     metrics = evaluate(
         encoder.to(device), ray.train.get_dataset_shard("val"), cfg, tokenizer, device
     )
-    ray.train.report(metrics)
+    # Ray Train V2 hands the driver only metrics that come with a checkpoint, so rank 0 attaches
+    # a small one holding the results (every rank has the same metrics).
+    with tempfile.TemporaryDirectory(prefix="mmpretrain-eval-result-") as folder:
+        checkpoint = None
+        if ray.train.get_context().get_world_rank() == 0:
+            (Path(folder) / RESULT_FILE).write_text(json.dumps(metrics, indent=2))
+            checkpoint = ray.train.Checkpoint.from_directory(folder)
+        ray.train.report(metrics, checkpoint=checkpoint)
 
 
 def run_evaluation(
@@ -71,4 +81,7 @@ def run_evaluation(
             ),
         )
         result = trainer.fit()
-    return dict(result.metrics)
+        if result.checkpoint is None:
+            raise RuntimeError("the evaluation workers reported no results")
+        with result.checkpoint.as_directory() as folder:
+            return json.loads((Path(folder) / RESULT_FILE).read_text())

@@ -21,7 +21,7 @@ from mmpretrain.data.tokenizer import load_tokenizer
 from mmpretrain.evaluate.report import format_table
 from mmpretrain.train.builder import build_training_task
 from mmpretrain.train.checkpoint import restore, save_and_report
-from mmpretrain.train.engine import build_engine, update_momentum_encoder
+from mmpretrain.train.engine import average_buffers, build_engine, update_momentum_encoder
 from mmpretrain.train.evaluation import evaluate
 from mmpretrain.train.progress import ProgressLog, console
 from mmpretrain.train.state import TrainState
@@ -112,6 +112,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 quality.check_bad_fraction(counts, cfg.data.max_bad_fraction)
 
             if state.step % cfg.train.checkpoint_every == 0 or state.step == cfg.train.max_steps:
+                average_buffers(engine.module)  # BatchNorm statistics of all ranks' data
                 # The data-quality books ride along, so Ray's result metrics carry them too.
                 save_and_report(engine, state, {"loss": losses["loss"].item(), **counts}, rank)
 
@@ -140,6 +141,7 @@ def _evaluate_and_report(
     engine: Any, cfg: RunConfig, tokenizer: Any, device: torch.device, step: int, rank: int
 ) -> dict[str, float]:
     """The same evaluation ``mmpretrain eval`` runs, on the live (possibly sharded) model."""
+    average_buffers(engine.module)
     metrics = evaluate(
         engine.module.encoder, ray.train.get_dataset_shard("val"), cfg, tokenizer, device
     )

@@ -203,3 +203,56 @@ def test_embeddings_are_unit_vectors_and_images_enter_as_uint8(synth_data) -> No
     assert image_emb.shape == text_emb.shape == (4, 64)
     assert torch.allclose(image_emb.norm(dim=-1), torch.ones(4), atol=1e-5)
     assert torch.allclose(text_emb.norm(dim=-1), torch.ones(4), atol=1e-5)
+
+
+def test_local_start_weights_load_and_mismatches_name_the_key(synth_data, tmp_path) -> None:
+    from transformers import BertConfig, BertModel
+
+    from mmpretrain.config import ConfigError
+    from mmpretrain.model.vision import build_resnet
+
+    cfg = load_config("tiny")
+    torch.manual_seed(5)
+    resnet_file = tmp_path / "resnet.pth"
+    torch.save(build_resnet(cfg.model.vision).state_dict(), resnet_file)
+    tok = load_tokenizer(str(synth_data["tokenizer"]))
+    text = cfg.model.text
+    bert = BertModel(
+        BertConfig(
+            vocab_size=tok.vocab_size,
+            hidden_size=text.hidden_size,
+            num_hidden_layers=text.layers,
+            num_attention_heads=text.heads,
+            intermediate_size=text.intermediate_size,
+        ),
+        add_pooling_layer=False,
+    )
+    bert.save_pretrained(tmp_path / "bert")
+
+    task = make_task(
+        synth_data["tokenizer"],
+        f"model.vision.weights={resnet_file}",
+        f"model.text.pretrained={tmp_path / 'bert'}",
+    )
+    saved_conv = torch.load(resnet_file, weights_only=True)["conv1.weight"]
+    assert torch.equal(task.encoder.vision.trunk[0].weight, saved_conv)
+    loaded = task.encoder.text.bert.embeddings.word_embeddings.weight
+    assert torch.equal(loaded, bert.embeddings.word_embeddings.weight)
+
+    with pytest.raises(ConfigError, match=r"model\.vision\.weights: .* does not fit"):
+        make_task(synth_data["tokenizer"], "model.vision.depths=[2,2,2,2]",
+                  f"model.vision.weights={resnet_file}")  # fmt: skip
+    with pytest.raises(ConfigError, match=r"model\.text\.layers=3 but .* num_hidden_layers=2"):
+        make_task(synth_data["tokenizer"], "model.text.layers=3",
+                  f"model.text.pretrained={tmp_path / 'bert'}")  # fmt: skip
+    with pytest.raises(ConfigError, match="never downloaded"):
+        load_config("tiny", ["model.vision.weights=https://example.com/r50.pth"])
+
+
+def test_fusion_width_may_differ_from_the_text_encoder(synth_data) -> None:
+    task = make_task(synth_data["tokenizer"], "model.fusion.width=64", "model.fusion.type=gated")
+    batch = make_batch(synth_data["tokenizer"], 4)
+    out = task(batch["image"], batch["input_ids"], batch["attention_mask"])
+    assert torch.isfinite(out["loss"])
+    assert task.encoder.fusion.layers[0].ffn.up.in_features == 64
+    assert task.encoder.text_to_fusion.in_features == 128  # BERT width -> fusion width
