@@ -21,8 +21,8 @@ def format_table(metrics: dict[str, float]) -> str:
             lines.append(f"{label:<22}" + "".join(f"{metrics[f'{prefix}@{k}']:>8.3f}" for k in ks))
     if "itm_accuracy" in metrics:
         lines.append(
-            f"ITM accuracy (positives vs hardest negatives): {metrics['itm_accuracy']:.3f}"
-            " (chance 0.500)"
+            f"ITM accuracy, positives vs other captions: {metrics['itm_accuracy']:.3f}, "
+            f"vs the ITC-hardest caption: {metrics['itm_accuracy_hard']:.3f} (chance 0.500)"
         )
     if "zeroshot_top1" in metrics:
         top5 = f", top-5 {metrics['zeroshot_top5']:.3f}" if "zeroshot_top5" in metrics else ""

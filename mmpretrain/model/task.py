@@ -196,16 +196,16 @@ class PretrainingTask(nn.Module):
         return MomentumFeatures(image_BND, image_emb_BE, text_emb_BE)
 
     def _image_self_supervision(self, images_BHWC: torch.Tensor) -> torch.Tensor:
-        """SimSiam on two random views of each image, through the same ResNet trunk."""
+        """SimSiam on two random views of each image, through the same ResNet trunk (whose
+        BatchNorm statistics keep tracking real images only)."""
         vision = self.encoder.vision
         pixels_BCHW = vision.to_pixels(images_BHWC)
         size = self.objectives.ssl_view_size
-        projection1_BD, prediction1_BD = self.ssl_head(
-            vision.pooled(random_view(pixels_BCHW, size))
-        )
-        projection2_BD, prediction2_BD = self.ssl_head(
-            vision.pooled(random_view(pixels_BCHW, size))
-        )
+        views = [
+            vision.pooled(random_view(pixels_BCHW, size), track_statistics=False) for _ in range(2)
+        ]
+        projection1_BD, prediction1_BD = self.ssl_head(views[0])
+        projection2_BD, prediction2_BD = self.ssl_head(views[1])
         return simsiam_loss(prediction1_BD, prediction2_BD, projection1_BD, projection2_BD)
 
     def momentum_pairs(self) -> Iterator[tuple[nn.Parameter, nn.Parameter]]:

@@ -90,9 +90,25 @@ class VisionEncoder(nn.Module):
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         return self.trunk(pixels_BCHW.contiguous(memory_format=memory_format))
 
-    def pooled(self, pixels_BCHW: torch.Tensor) -> torch.Tensor:
-        """Globally pooled trunk features ``[B, C]`` (the SimSiam backbone output)."""
-        return self.feature_map(pixels_BCHW).mean(dim=(2, 3))
+    def pooled(self, pixels_BCHW: torch.Tensor, track_statistics: bool = True) -> torch.Tensor:
+        """Globally pooled trunk features ``[B, C]`` (the SimSiam backbone output).
+
+        ``track_statistics=False`` normalises with the batch's own statistics as usual but
+        leaves BatchNorm's running averages alone: augmented views (smaller, cropped, colour
+        jittered) would otherwise drag the statistics that evaluation uses away from what real
+        images look like.
+        """
+        if track_statistics:
+            return self.feature_map(pixels_BCHW).mean(dim=(2, 3))
+        norms = [m for m in self.trunk.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        saved = [m.momentum for m in norms]
+        for norm in norms:
+            norm.momentum = 0.0  # running = (1 - 0) * running + 0 * batch
+        try:
+            return self.feature_map(pixels_BCHW).mean(dim=(2, 3))
+        finally:
+            for norm, momentum in zip(norms, saved, strict=True):
+                norm.momentum = momentum
 
     def forward(self, images_BHWC: torch.Tensor) -> torch.Tensor:
         """uint8 ``[B, H, W, 3]`` images -> ``[B, 1 + regions, width]`` tokens (global first)."""

@@ -1,8 +1,8 @@
 """Data-parallel held-out evaluation on the workers, for training runs and ``mmpretrain eval``.
 
 Recall@K both ways from ITC embeddings, ITM re-ranking of each query's top k, ITM accuracy on
-positives versus their hardest negatives, and zero-shot classification where the shards carry
-``cls`` labels.
+positives versus arbitrary and versus hardest negatives, and zero-shot classification where the
+shards carry ``cls`` labels.
 
 The held-out set is not split by Ray: every worker reads all of it in the same order and takes
 every world-th batch, so the model work is divided and no pair is dropped to even out a split.
@@ -205,9 +205,12 @@ def _matching_metrics(
     similarity_NN = features.image_emb_NE @ features.text_emb_NE.T
     count = len(similarity_NN)
     everyone_N = torch.arange(count)
-    negatives_N = hardest_negatives(similarity_NN, features.input_ids_NL)
-    image_index = [everyone_N, everyone_N]
-    text_index = [everyone_N, negatives_N]
+    # Two kinds of negative caption per image: an arbitrary other one (a fixed shift, so runs
+    # compare), and the one ITC finds most similar (what re-ranking has to tell apart).
+    shifted_N = (everyone_N + count // 2) % count
+    hardest_N = hardest_negatives(similarity_NN, features.input_ids_NL)
+    image_index = [everyone_N, everyone_N, everyone_N]
+    text_index = [everyone_N, shifted_N, hardest_N]
     k = min(cfg.eval.rerank_k, count)
     if k:
         i2t_candidates_NK = top_candidates(similarity_NN, k)
@@ -222,13 +225,18 @@ def _matching_metrics(
         chunk=2 * cfg.data.batch_size,
         device=device,
     )
-    positive_N, negative_N = scores_P[:count], scores_P[count : 2 * count]
+    positive_N, shifted_score_N, hardest_score_N, rerank_P = scores_P.split(
+        [count, count, count, len(scores_P) - 3 * count]
+    )
     metrics = {
-        "itm_accuracy": torch.cat([positive_N > 0.5, negative_N <= 0.5]).float().mean().item()
+        "itm_accuracy": torch.cat([positive_N > 0.5, shifted_score_N <= 0.5]).float().mean().item(),
+        "itm_accuracy_hard": torch.cat([positive_N > 0.5, hardest_score_N <= 0.5])
+        .float()
+        .mean()
+        .item(),
     }
     if k:
-        i2t_scores_NK = scores_P[2 * count : 2 * count + count * k].view(count, k)
-        t2i_scores_NK = scores_P[2 * count + count * k :].view(count, k)
+        i2t_scores_NK, t2i_scores_NK = rerank_P.view(2, count, k)
         for direction, sim, candidates, scores in (
             ("i2t", similarity_NN, i2t_candidates_NK, i2t_scores_NK),
             ("t2i", similarity_NN.T, t2i_candidates_NK, t2i_scores_NK),

@@ -62,6 +62,7 @@ def test_eval_and_export_reproduce_the_runs_own_evaluation(local_ray, synth_data
     assert during_training["candidates"] == 96
     assert during_training["rerank_k"] == 8
     assert 0.0 <= during_training["itm_accuracy"] <= 1.0
+    assert 0.0 <= during_training["itm_accuracy_hard"] <= 1.0
     assert during_training["zeroshot_classes"] == SHAPES
     assert during_training["zeroshot_samples"] == 96
     assert during_training["zeroshot_chance@1"] == pytest.approx(1 / SHAPES)

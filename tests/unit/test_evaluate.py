@@ -60,7 +60,8 @@ def test_table_shows_every_metric_family() -> None:
     metrics.update(
         {f"i2t_rerank_recall@{k}": 1.0 for k in (1, 5, 10)}
         | {f"t2i_rerank_recall@{k}": 1.0 for k in (1, 5, 10)}
-        | {"itm_accuracy": 0.75, "zeroshot_top1": 0.5, "zeroshot_classes": 4.0}
+        | {"itm_accuracy": 0.75, "itm_accuracy_hard": 0.5}
+        | {"zeroshot_top1": 0.5, "zeroshot_classes": 4.0}
         | {"zeroshot_samples": 20.0, "zeroshot_chance@1": 0.25}
     )
     table = format_table(metrics)

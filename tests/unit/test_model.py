@@ -256,3 +256,17 @@ def test_fusion_width_may_differ_from_the_text_encoder(synth_data) -> None:
     assert torch.isfinite(out["loss"])
     assert task.encoder.fusion.layers[0].ffn.up.in_features == 64
     assert task.encoder.text_to_fusion.in_features == 128  # BERT width -> fusion width
+
+
+def test_simsiam_views_leave_batchnorm_statistics_to_real_images(synth_data) -> None:
+    task = make_task(synth_data["tokenizer"], *only("image_ssl"))
+    batch = make_batch(synth_data["tokenizer"], 8)
+    norm = task.encoder.vision.trunk[1]  # the stem's BatchNorm
+    before = norm.running_mean.clone()
+    task(batch["image"], batch["input_ids"], batch["attention_mask"])
+    # Only the real-image pass (encode_image) moved the statistics: one momentum step.
+    pixels = task.encoder.vision.to_pixels(batch["image"])
+    normalised = (pixels - task.encoder.vision.mean) / task.encoder.vision.std
+    stem_out = task.encoder.vision.trunk[0](normalised)
+    expected = (1 - norm.momentum) * before + norm.momentum * stem_out.mean(dim=(0, 2, 3))
+    assert torch.allclose(norm.running_mean, expected, atol=1e-5)
