@@ -110,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--checkpoint", required=True, help="run directory or checkpoint folder")
     export.add_argument("--out", required=True, help="export folder to write")
 
+    checkpoints = commands.add_parser("checkpoints", help="look at a run's checkpoints")
+    checkpoint_commands = checkpoints.add_subparsers(dest="action", required=True)
+    listing = checkpoint_commands.add_parser(
+        "list", help="each checkpoint's step, completeness (manifest and checksums) and size"
+    )
+    listing.add_argument("run", help="run directory (train.storage_path/train.run_name)")
+
     demo = commands.add_parser("demo", help="synthetic data -> tiny model -> retrieval eval")
     demo.add_argument("--runs-dir", default="runs")
     demo.add_argument("overrides", nargs="*", metavar="key.path=value")
@@ -225,6 +232,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from mmpretrain.train.export import export
 
             print(f"exported to {export(args.checkpoint, args.out)}")
+        elif args.command == "checkpoints":
+            from mmpretrain.train.manifest import format_listing, list_checkpoints
+
+            print(format_listing(list_checkpoints(Path(args.run))))
         elif args.command == "demo":
             from mmpretrain.demo import run_demo
 

@@ -304,6 +304,15 @@ class TrainConfig:
     )
     max_steps: int = doc("Optimizer steps to train for (the run ends here).", default=1000)
     checkpoint_every: int = doc("Save a checkpoint every N steps (and at the end).", default=500)
+    max_failures: int = doc(
+        "Times a run restarts its workers from the newest complete checkpoint after a worker "
+        "or node fails; -1 = always, 0 = fail at once (Ray retries every worker error, bad "
+        "data and bad config included, so a retry budget is for long runs).",
+        default=0,
+    )
+    keep_checkpoints: int | None = doc(
+        "Keep the newest K checkpoints, deleting older ones; null keeps all.", default=None
+    )
     log_every: int = doc("Print progress and write metrics.jsonl every N steps.", default=10)
     storage_path: str = doc("Parent folder of run directories.", default="runs")
     run_name: str = doc("Run directory name; re-using it resumes the run.", default="mmpretrain")
@@ -333,6 +342,12 @@ class TrainConfig:
         _require(self.cpus_per_worker > 0, "train.cpus_per_worker", "must be > 0")
         _require(self.max_steps >= 1, "train.max_steps", "must be >= 1")
         _require(self.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
+        _require(self.max_failures >= -1, "train.max_failures", "must be >= -1")
+        _require(
+            self.keep_checkpoints is None or self.keep_checkpoints >= 1,
+            "train.keep_checkpoints",
+            "must be >= 1 or null",
+        )
         _require(self.log_every >= 1, "train.log_every", "must be >= 1")
         _require(
             bool(self.run_name) and "/" not in self.run_name,

@@ -1,19 +1,31 @@
-"""Saving and restoring a run: every rank's DeepSpeed shard plus the TrainState.
+"""Saving and restoring a run: every rank's DeepSpeed shard, the TrainState and a manifest.
 
 Each rank writes its own shard files into a private temporary folder and hands it to
 ``ray.train.report``; Ray merges the rank folders into one checkpoint under
-``storage_path/run_name``. Loading reads the same merged folder on every rank.
+``storage_path/run_name``. Rank 0 adds the manifest (see ``manifest.py``) listing every rank's
+files with sizes and checksums. A resume takes the newest checkpoint whose manifest checks out,
+chosen by rank 0 and broadcast, and says which newer ones it passed over and why.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import ray.train
+import torch.distributed as dist
 
+from mmpretrain.train.manifest import (
+    describe_files,
+    newest_complete,
+    prune_checkpoints,
+    set_aside,
+    write_manifest,
+)
+from mmpretrain.train.progress import console
 from mmpretrain.train.state import TrainState
 
 STATE_FILE = "train_state.json"
@@ -23,35 +35,90 @@ def checkpoint_tag(step: int) -> str:
     return f"step_{step:08d}"
 
 
-def save_and_report(engine: Any, state: TrainState, metrics: dict[str, Any], rank: int) -> None:
-    """Collective: every rank must call it at the same step."""
+def config_digest(config_yaml: str) -> str:
+    return hashlib.sha256(config_yaml.encode()).hexdigest()[:16]
+
+
+def _all_files(files: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every rank's file list merged into one (collective)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return files
+    gathered: list[dict[str, dict[str, Any]]] = [{} for _ in range(dist.get_world_size())]
+    dist.all_gather_object(gathered, files)
+    merged: dict[str, dict[str, Any]] = {}
+    for part in gathered:
+        merged.update(part)
+    return merged
+
+
+def save_and_report(
+    engine: Any,
+    state: TrainState,
+    metrics: dict[str, Any],
+    rank: int,
+    facts: dict[str, Any],
+    run_dir: Path,
+    keep: int | None,
+) -> None:
+    """Collective: every rank must call it at the same step.
+
+    ``facts`` (world size, ZeRO stage, config digest) go into the manifest with the step. With
+    ``keep`` set, rank 0 then deletes checkpoints older than the newest ``keep`` complete ones
+    (done here rather than by Ray, which would count incomplete checkpoints as kept ones).
+    """
     with tempfile.TemporaryDirectory(prefix="mmpretrain-ckpt-") as folder:
         tag = checkpoint_tag(state.step)
         engine.save_checkpoint(folder, tag=tag, client_state={"train_state": state.state_dict()})
         if rank == 0:
             (Path(folder) / STATE_FILE).write_text(json.dumps(state.state_dict()))
+        files = _all_files(describe_files(Path(folder)))  # hash here, in parallel on all ranks
+        if rank == 0:  # last file of the folder: the checkpoint is complete once it is valid
+            write_manifest(Path(folder), files, {**facts, **state.state_dict()})
         ray.train.report(
             {**metrics, "step": state.step},
             checkpoint=ray.train.Checkpoint.from_directory(folder),
             checkpoint_dir_name=f"checkpoint_{tag}",
         )
+    if rank == 0 and keep is not None:
+        prune_checkpoints(run_dir, keep)
 
 
-def restore(engine: Any, checkpoint: ray.train.Checkpoint) -> TrainState:
-    """Loads weights, optimizer and scheduler into ``engine`` and returns the TrainState."""
-    with checkpoint.as_directory() as folder:
-        latest = Path(folder) / "latest"
-        if not latest.is_file():
-            raise FileNotFoundError(
-                f"checkpoint {checkpoint.path} has no DeepSpeed 'latest' file;"
-                " it is not a checkpoint written by mmpretrain"
+def choose_resume_checkpoint(run_dir: Path, rank: int) -> Path | None:
+    """The newest complete checkpoint of the run (collective: rank 0 checks, all agree).
+
+    Read from the run directory rather than from Ray's record of the run, so a run whose
+    driver was killed, or whose newest checkpoint is damaged, still resumes from the best one.
+    """
+    holder: list[str | None] = [None]
+    if rank == 0:
+        chosen, skipped = newest_complete(run_dir)
+        for status in skipped:
+            fallback = f"resuming from {chosen.path.name}" if chosen else "starting afresh"
+            moved = set_aside(status)  # frees the name for when this step is saved again
+            console(
+                f"warning: checkpoint {status.path.name} is incomplete ({status.reason}); "
+                f"{fallback} (kept as {moved.name})"
             )
-        tag = latest.read_text().strip()
-        load_path, client_state = engine.load_checkpoint(
-            folder, tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+        holder = [str(chosen.path) if chosen else None]
+    if dist.is_initialized():
+        dist.broadcast_object_list(holder, src=0)
+    return Path(holder[0]) if holder[0] else None
+
+
+def restore(engine: Any, folder: Path) -> TrainState:
+    """Loads weights, optimizer and scheduler into ``engine`` and returns the TrainState."""
+    latest = folder / "latest"
+    if not latest.is_file():
+        raise FileNotFoundError(
+            f"checkpoint {folder} has no DeepSpeed 'latest' file;"
+            " it is not a checkpoint written by mmpretrain"
         )
-        if load_path is None:
-            raise RuntimeError(f"DeepSpeed could not load checkpoint {checkpoint.path} (tag {tag})")
+    tag = latest.read_text().strip()
+    load_path, client_state = engine.load_checkpoint(
+        str(folder), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+    )
+    if load_path is None:
+        raise RuntimeError(f"DeepSpeed could not load checkpoint {folder} (tag {tag})")
     state = TrainState()
     state.load_state_dict(client_state["train_state"])
     return state

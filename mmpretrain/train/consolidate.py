@@ -18,6 +18,7 @@ import torch
 from mmpretrain.config import RunConfig, load_config
 from mmpretrain.errors import CheckpointError
 from mmpretrain.train.checkpoint import STATE_FILE
+from mmpretrain.train.manifest import MANIFEST, check_checkpoint, newest_complete
 
 EXPORT_WEIGHTS = "model.safetensors"
 EXPORT_CONFIG = "config.yaml"
@@ -32,30 +33,28 @@ class WeightsSource:
     config_path: Path
 
 
-def is_complete_checkpoint(folder: Path) -> bool:
-    return (folder / "latest").is_file() and (folder / STATE_FILE).is_file()
-
-
-def newest_checkpoint(run_dir: Path) -> Path | None:
-    complete = [p for p in run_dir.glob("checkpoint_step_*") if is_complete_checkpoint(p)]
-    return max(complete, key=lambda p: p.name) if complete else None
-
-
 def resolve_weights(path: str | Path) -> WeightsSource:
-    """An export folder, a checkpoint folder, or a run folder (its newest complete checkpoint)."""
+    """An export folder, a checkpoint folder, or a run folder (its newest complete checkpoint).
+
+    A checkpoint is used only when its manifest checks out (``manifest.py``).
+    """
     folder = Path(path).expanduser().resolve()
     if not folder.is_dir():
         raise CheckpointError(f"--checkpoint: {str(path)!r} is not a directory")
     if (folder / EXPORT_WEIGHTS).is_file():
         return WeightsSource("export", folder, folder / EXPORT_CONFIG)
-    if is_complete_checkpoint(folder):
+    if (folder / MANIFEST).is_file() or (folder / "latest").is_file():
+        status = check_checkpoint(folder)
+        if not status.complete:
+            raise CheckpointError(f"checkpoint {folder} is incomplete: {status.reason}")
         return WeightsSource("checkpoint", folder, folder.parent / "config.yaml")
-    newest = newest_checkpoint(folder)
-    if newest is not None:
-        return WeightsSource("checkpoint", newest, folder / "config.yaml")
+    chosen, skipped = newest_complete(folder)
+    if chosen is not None:
+        return WeightsSource("checkpoint", chosen.path, folder / "config.yaml")
+    reasons = "; ".join(f"{s.path.name}: {s.reason}" for s in skipped)
     raise CheckpointError(
-        f"--checkpoint: {str(path)!r} holds no complete checkpoint (checkpoint_step_* with "
-        f"'latest' and {STATE_FILE}) and no export ({EXPORT_WEIGHTS})"
+        f"--checkpoint: {str(path)!r} holds no complete checkpoint and no export "
+        f"({EXPORT_WEIGHTS}){': ' + reasons if reasons else ''}"
     )
 
 

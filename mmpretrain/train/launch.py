@@ -26,6 +26,7 @@ from mmpretrain.errors import ResourceError
 from mmpretrain.train.loop import train_loop_per_worker
 
 DATA_CPUS_EMBEDDED = 2  # logical CPUs left to Ray Data in an embedded cluster
+RAY_RUN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of a run
 
 
 @dataclass
@@ -84,6 +85,10 @@ def run_training(cfg: RunConfig) -> TrainResult:
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    # Where to resume is decided from the run directory's manifests (train/checkpoint.py), not
+    # from Ray's record of the run, which lists checkpoints that retention deleted or that were
+    # set aside as incomplete, and then refuses to start ("corrupted run directory").
+    (run_dir / RAY_RUN_SNAPSHOT).unlink(missing_ok=True)
 
     connect(cfg)
     check_resources(cfg)
@@ -115,7 +120,11 @@ def run_training(cfg: RunConfig) -> TrainResult:
         run_config=ray.train.RunConfig(
             name=cfg.train.run_name,
             storage_path=str(run_dir.parent),
+            # Retention is ours (train.keep_checkpoints): Ray cannot tell complete from not.
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
+            # A restarted worker group resumes in train_loop_per_worker, from the run
+            # directory's newest complete checkpoint.
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
         ),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(

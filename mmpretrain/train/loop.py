@@ -20,7 +20,12 @@ from mmpretrain.data.pipeline import collate_batch
 from mmpretrain.data.tokenizer import load_tokenizer
 from mmpretrain.evaluate.report import format_table
 from mmpretrain.train.builder import build_training_task
-from mmpretrain.train.checkpoint import restore, save_and_report
+from mmpretrain.train.checkpoint import (
+    choose_resume_checkpoint,
+    config_digest,
+    restore,
+    save_and_report,
+)
 from mmpretrain.train.engine import average_buffers, build_engine, update_momentum_encoder
 from mmpretrain.train.evaluation import evaluate
 from mmpretrain.train.progress import ProgressLog, console
@@ -65,11 +70,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     engine = build_engine(build_training_task(cfg, tokenizer).to(device), cfg)
 
     state = TrainState()
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = choose_resume_checkpoint(cfg.run_dir, rank)
     if checkpoint is not None:
         state = restore(engine, checkpoint)
         if rank == 0:
-            console(f"resumed from {checkpoint.path} at step {state.step}")
+            console(f"resumed from {checkpoint} at step {state.step}")
+    facts = {
+        "world_size": world,
+        "zero_stage": cfg.train.zero_stage,
+        "config_digest": config_digest(cfg.to_yaml()),
+    }
     # Masking and negative sampling differ per rank and continue fresh after a resume.
     torch.manual_seed(cfg.train.seed + 1000 * (rank + 1) + state.step)
 
@@ -114,7 +124,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if state.step % cfg.train.checkpoint_every == 0 or state.step == cfg.train.max_steps:
                 average_buffers(engine.module)  # BatchNorm statistics of all ranks' data
                 # The data-quality books ride along, so Ray's result metrics carry them too.
-                save_and_report(engine, state, {"loss": losses["loss"].item(), **counts}, rank)
+                metrics = {"loss": losses["loss"].item(), **counts}
+                save_and_report(
+                    engine, state, metrics, rank, facts, cfg.run_dir, cfg.train.keep_checkpoints
+                )
 
             periodic = has_val and cfg.eval.every and state.step % cfg.eval.every == 0
             if periodic and state.step < cfg.train.max_steps:  # the last one follows the loop

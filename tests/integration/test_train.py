@@ -68,6 +68,7 @@ def test_zero2_run_learns_checkpoints_every_rank_and_resumes(synth_data, tmp_pat
         "train.warmup_steps=8",
         "eval.rerank_k=0",
         f"eval.every={CHECKPOINT_EVERY}",
+        "train.keep_checkpoints=2",
     ]
     run_dir = tmp_path / "skeleton"
 
@@ -119,14 +120,37 @@ def test_zero2_run_learns_checkpoints_every_rank_and_resumes(synth_data, tmp_pat
         "samples_seen": SECOND * BATCH * WORKERS,
     }
 
+    # Only the newest 2 complete checkpoints are kept.
+    newest = run_dir / f"checkpoint_step_{SECOND:08d}"
+    assert sorted(p.name for p in run_dir.glob("checkpoint_step_*")) == [
+        f"checkpoint_step_{step:08d}" for step in (FIRST, SECOND)
+    ]
+
     # 3. Re-running the finished command resumes at max_steps and repeats no step.
     before = len(metric_rows(run_dir))
     proc = run_cli(*command, f"train.max_steps={SECOND}", cwd=tmp_path)
     assert f"at step {SECOND}" in proc.stdout + proc.stderr
     assert len(metric_rows(run_dir)) == before
-    assert sorted(p.name for p in run_dir.glob("checkpoint_step_*")) == [
-        f"checkpoint_step_{step:08d}" for step in (CHECKPOINT_EVERY, FIRST, SECOND)
-    ]
+
+    # 4. A damaged newest checkpoint is passed over, with a warning, for the one before it.
+    shard = newest / f"step_{SECOND:08d}" / "mp_rank_00_model_states.pt"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    listing = subprocess.run(
+        [sys.executable, "-m", "mmpretrain", "checkpoints", "list", str(run_dir)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert "INCOMPLETE" in listing.stdout.splitlines()[1], listing.stdout
+    proc = run_cli(*command, f"train.max_steps={SECOND}", cwd=tmp_path)
+    output = proc.stdout + proc.stderr
+    assert f"checkpoint_step_{SECOND:08d} is incomplete" in output and "bytes" in output
+    assert f"at step {FIRST}" in output
+    assert metric_rows(run_dir)[-1]["step"] == SECOND  # trained again up to max_steps
+    assert (run_dir / f"checkpoint_step_{SECOND:08d}.incomplete").is_dir()
+    listing = subprocess.run(
+        [sys.executable, "-m", "mmpretrain", "checkpoints", "list", str(run_dir)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert listing.stdout.splitlines()[1].endswith("complete"), listing.stdout
 
 
 def test_speed_and_model_switches_train_on_cpu_without_zero(local_ray, synth_data, tmp_path):

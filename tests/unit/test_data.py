@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from mmpretrain.data.shards import ShardPatternError, expand_shards, read_shard, write_shard
-from mmpretrain.data.synth import write_synthetic_shards
+from mmpretrain.data.synth import SHAPES, write_synthetic_shards
 from mmpretrain.data.tokenizer import load_tokenizer
 from mmpretrain.data.transforms import decode_image
 
@@ -23,13 +23,17 @@ def test_synth_shards_have_the_img2dataset_layout(tmp_path: Path) -> None:
         names = tar.getnames()
     # Members of one key are adjacent, as read_webdataset requires.
     keys = [name.split(".")[0] for name in names]
-    assert keys == sorted(keys) and len(names) == 12
+    assert keys == sorted(keys) and len(names) == 4 * 4
     samples = read_shard(paths[0])
     assert len(samples) == 4
     for key, members in samples.items():
-        assert set(members) == {"jpg", "txt", "json"}
+        assert set(members) == {"jpg", "txt", "json", "cls"}
         meta = json.loads(members["json"])
         assert meta["key"] == key and meta["caption"] == members["txt"].decode()
+        # The class label is the shape the caption names first (for zero-shot evaluation).
+        label = members["cls"].decode()
+        first_shape = next(word for word in meta["caption"].split() if word in SHAPES)
+        assert label == first_shape
         with Image.open(io.BytesIO(members["jpg"])) as image:
             assert image.format == "JPEG" and image.size == (meta["width"], meta["height"])
     assert len(read_shard(paths[2])) == 2
