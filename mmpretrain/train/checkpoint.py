@@ -79,8 +79,14 @@ def save_and_report(
             checkpoint=ray.train.Checkpoint.from_directory(folder),
             checkpoint_dir_name=f"checkpoint_{tag}",
         )
-    if rank == 0 and keep is not None:
-        prune_checkpoints(run_dir, keep)
+    if keep is not None:
+        # report() uploads synchronously, so once every rank is past it the new checkpoint is
+        # whole and counts among the kept ones (without the barrier it could still look
+        # incomplete to rank 0, and one checkpoint too many would stay).
+        if dist.is_initialized():
+            dist.barrier()
+        if rank == 0:
+            prune_checkpoints(run_dir, keep)
 
 
 def choose_resume_checkpoint(run_dir: Path, rank: int) -> Path | None:
