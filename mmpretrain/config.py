@@ -294,7 +294,11 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 @dataclass
 class TrainConfig:
-    num_workers: int = doc("Ray Train workers (one per GPU, or CPU processes).", default=2)
+    num_workers: int | list[int] = doc(
+        "Ray Train workers (one per GPU, or CPU processes); [min, max] lets Ray Train run "
+        "elastically on what the cluster has (a resume converts the ZeRO shards).",
+        default=2,
+    )
     use_gpu: bool = doc(
         "Give each worker one GPU (NCCL); false trains on CPU with gloo.", default=False
     )
@@ -303,6 +307,11 @@ class TrainConfig:
         default=1.0,
     )
     max_steps: int = doc("Optimizer steps to train for (the run ends here).", default=1000)
+    stop_at: int | None = doc(
+        "Stop this invocation at this step with a checkpoint, the schedule still running to "
+        "max_steps; re-run to go on (for time-boxed allocations). null = max_steps.",
+        default=None,
+    )
     checkpoint_every: int = doc("Save a checkpoint every N steps (and at the end).", default=500)
     max_failures: int = doc(
         "Times a run restarts its workers from the newest complete checkpoint after a worker "
@@ -312,6 +321,11 @@ class TrainConfig:
     )
     keep_checkpoints: int | None = doc(
         "Keep the newest K checkpoints, deleting older ones; null keeps all.", default=None
+    )
+    start_timeout_s: float = doc(
+        "Seconds to wait for the cluster to fit the worker group before the run fails "
+        "(Ray Train would otherwise retry forever); -1 waits forever (autoscaling clusters).",
+        default=300.0,
     )
     log_every: int = doc("Print progress and write metrics.jsonl every N steps.", default=10)
     storage_path: str = doc("Parent folder of run directories.", default="runs")
@@ -325,6 +339,16 @@ class TrainConfig:
     grad_accum: int = doc("Micro-batches accumulated per optimizer step.", default=1)
     grad_clip: float = doc("Clip the global gradient norm to this; 0 disables.", default=1.0)
     seed: int = doc("Seed for model init, masking and negative sampling.", default=0)
+    deterministic: bool = doc(
+        "Same seed and world size, same loss at every step: Ray Data keeps block order "
+        "(slower ingest) and torch uses deterministic kernels.",
+        default=False,
+    )
+    record_sample_keys: bool = doc(
+        "Write every trained sample's key, by step, to sample_keys/rank-N.tsv in the run "
+        "directory (an audit of the data order; grows with the run).",
+        default=False,
+    )
     channels_last: bool = doc(
         "Run the ResNet in channels-last memory format (faster convolutions).", default=True
     )
@@ -338,7 +362,22 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        _require(self.num_workers >= 1, "train.num_workers", "must be >= 1")
+        _require(
+            1 <= self.min_workers <= self.max_workers
+            and (isinstance(self.num_workers, int) or len(self.num_workers) == 2),
+            "train.num_workers",
+            f"must be a count >= 1 or [min, max] with 1 <= min <= max; got {self.num_workers!r}",
+        )
+        _require(
+            self.stop_at is None or 1 <= self.stop_at <= self.max_steps,
+            "train.stop_at",
+            "must be null or in [1, train.max_steps]",
+        )
+        _require(
+            self.start_timeout_s == -1 or self.start_timeout_s > 0,
+            "train.start_timeout_s",
+            "must be > 0, or -1 to wait forever",
+        )
         _require(self.cpus_per_worker > 0, "train.cpus_per_worker", "must be > 0")
         _require(self.max_steps >= 1, "train.max_steps", "must be >= 1")
         _require(self.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
@@ -361,6 +400,19 @@ class TrainConfig:
         _choice(self.precision, "train.precision", PRECISIONS)
         _require(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
         _require(self.grad_clip >= 0, "train.grad_clip", "must be >= 0")
+
+    @property
+    def min_workers(self) -> int:
+        return self.num_workers if isinstance(self.num_workers, int) else self.num_workers[0]
+
+    @property
+    def max_workers(self) -> int:
+        return self.num_workers if isinstance(self.num_workers, int) else self.num_workers[-1]
+
+    @property
+    def last_step(self) -> int:
+        """Where this invocation stops: train.stop_at, else train.max_steps."""
+        return self.stop_at or self.max_steps
 
 
 @dataclass

@@ -54,12 +54,14 @@ def build_dataset(
     *,
     shuffle_seed: int | None = None,
     counter: str | None = None,
+    resume_filter_name: str | None = None,
 ) -> ray.data.Dataset:
     """Streams ``shards`` (a pattern, or a list of shard paths) as training-ready rows.
 
     With ``shuffle_seed`` set the shard order is shuffled per epoch (seeded); evaluation passes
     None and reads shards in order. ``counter`` names the run's QualityCounter actor that books
-    seen and skipped samples.
+    seen and skipped samples; ``resume_filter_name`` the run's ResumeFilter, which tells a
+    resumed epoch what it already trained on.
     """
     paths = expand_shards(shards) if isinstance(shards, str) else list(shards)
     shuffle = None
@@ -68,6 +70,7 @@ def build_dataset(
     source = ResilientWebDatasetSource(
         paths,
         member_suffixes=MEMBER_SUFFIXES,
+        resume_filter_name=resume_filter_name,
         shuffle=shuffle,
         file_extensions=SHARD_FILE_EXTENSIONS,
     )
@@ -92,6 +95,7 @@ class CollateBatch(NumpyBatchCollateFn):
             name: torch.from_numpy(batch[name]) for name in ("image", "input_ids", "attention_mask")
         }
         out["key"] = [str(key) for key in batch["key"]]
+        out["url"] = [str(url) for url in batch["url"]]
         out["label"] = [str(label) for label in batch["label"]]
         return out
 

@@ -7,9 +7,11 @@ key). Writing tars ourselves with a fixed mtime keeps shards byte-identical for 
 
 from __future__ import annotations
 
+import functools
 import glob
 import io
 import tarfile
+import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
@@ -105,6 +107,13 @@ def write_shard(path: str | Path, samples: Iterable[tuple[str, Mapping[str, byte
     return count
 
 
+def split_member_name(name: str) -> tuple[str, str]:
+    """``dir/KEY.ext.more`` -> (``dir/KEY``, ``ext.more``): WebDataset's sample key and member."""
+    base = name.rsplit("/", 1)[-1]
+    stem, _, extension = base.partition(".")
+    return name[: len(name) - len(base)] + stem, extension
+
+
 def iter_tar_samples(fileobj: BinaryIO) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Streams ``(key, {extension: bytes})`` from an open .tar (or .tar.gz) stream.
 
@@ -117,13 +126,11 @@ def iter_tar_samples(fileobj: BinaryIO) -> Iterator[tuple[str, dict[str, bytes]]
         for member in tar:
             if not member.isfile():
                 continue
-            name = member.name.rsplit("/", 1)[-1]
-            prefix = member.name[: len(member.name) - len(name)]
-            stem, _, extension = name.partition(".")
-            if prefix + stem != key:  # a new sample starts: the previous one is complete
+            member_key, extension = split_member_name(member.name)
+            if member_key != key:  # a new sample starts: the previous one is complete
                 if key is not None:
                     yield key, members
-                key, members = prefix + stem, {}
+                key, members = member_key, {}
             handle = tar.extractfile(member)
             assert handle is not None
             payload = handle.read()
@@ -147,6 +154,26 @@ def iter_shard(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
         return
     with open(path, "rb") as handle:
         yield from iter_tar_samples(handle)
+
+
+@functools.lru_cache(maxsize=4096)
+def shard_keys(path: str) -> frozenset[str] | None:
+    """Sample keys of a local shard, read from the tar headers alone.
+
+    Lets a checkpoint mark a shard finished instead of listing its every key. None for
+    object-store URIs (knowing would mean downloading the shard) and damaged archives.
+    """
+    if is_uri(path):
+        return None
+    keys: set[str] = set()
+    try:
+        with tarfile.open(path, mode="r:*") as tar:
+            for member in tar:
+                if member.isfile():
+                    keys.add(split_member_name(member.name)[0])
+    except (tarfile.TarError, EOFError, OSError, zlib.error):
+        return None
+    return frozenset(keys)
 
 
 def read_shard(path: str | Path) -> dict[str, dict[str, bytes]]:

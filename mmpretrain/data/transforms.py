@@ -212,11 +212,14 @@ def preprocess_rows(
         if not name.startswith("__"):
             columns.setdefault(name.lower(), []).append(name)
     keys = [str(k) for k in batch["__key__"]]
+    # Rows built by hand (tests, tools) may lack the shard; Ray's readers always set it.
+    urls = [str(u) for u in batch.get("__url__", [""] * len(keys))]
     counts: Counter = Counter(seen=len(keys))
     images: list[np.ndarray] = []
     captions: list[str] = []
     labels: list[str] = []
     kept: list[str] = []
+    kept_urls: list[str] = []
     damage = batch.get("__damage__")
     for index, key in enumerate(keys):
         if damage is not None and isinstance(damage[index], str):
@@ -235,6 +238,7 @@ def preprocess_rows(
         captions.append(caption)
         labels.append(class_label(members))
         kept.append(key)
+        kept_urls.append(urls[index])
 
     size, length = rules.image_size, rules.max_text_len
     if captions:
@@ -249,6 +253,7 @@ def preprocess_rows(
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "key": np.array(kept, dtype=object),
+        "url": np.array(kept_urls, dtype=object),  # the shard: keys are unique within one
         "label": np.array(labels, dtype=object),
     }
     return batch_out, counts

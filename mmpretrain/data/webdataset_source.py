@@ -3,7 +3,9 @@
 Ray's ``read_webdataset`` fails its read task, and so the run, on a truncated or corrupt tar.
 Web-scale corpora always hold a few; here the samples before the damage are kept, and the
 damage becomes one marker row that the preprocessing step counts as ``truncated_tar``. Members
-arrive as raw bytes, as with ``read_webdataset(decoder=None)``.
+arrive as raw bytes, as with ``read_webdataset(decoder=None)``. With a resume filter named, a
+shard the resumed epoch finished is not read, and keys it consumed are left out (see
+``resume_filter.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import pandas as pd
 from ray.data.datasource import FileBasedDatasource
 
+from mmpretrain.data import resume_filter
 from mmpretrain.data.shards import iter_tar_samples
 
 DAMAGE_COLUMN = "__damage__"
@@ -26,14 +29,29 @@ ROWS_PER_BLOCK = 64  # also the preprocessing batch: the read and map tasks are 
 class ResilientWebDatasetSource(FileBasedDatasource):
     _FILE_EXTENSIONS = ["tar", "tgz", "gz"]  # noqa: RUF012 (Ray's class attribute)
 
-    def __init__(self, paths: list[str], *, member_suffixes: frozenset[str], **kwargs: Any):
+    def __init__(
+        self,
+        paths: list[str],
+        *,
+        member_suffixes: frozenset[str],
+        resume_filter_name: str | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(paths, **kwargs)
         self._member_suffixes = member_suffixes
+        self._resume_filter_name = resume_filter_name
 
     def _read_stream(self, stream: Any, path: str) -> Iterator[pd.DataFrame]:
+        consumed: frozenset[str] = frozenset()
+        if self._resume_filter_name:
+            finished, consumed = resume_filter.skips_for(self._resume_filter_name, path)
+            if finished:
+                return
         rows: list[dict[str, Any]] = []
         try:
             for key, members in iter_tar_samples(stream):
+                if key in consumed:
+                    continue
                 row: dict[str, Any] = {"__key__": key, "__url__": path}
                 row.update(
                     (ext, payload)

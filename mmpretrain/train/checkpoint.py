@@ -18,6 +18,8 @@ from typing import Any
 import ray.train
 import torch.distributed as dist
 
+from mmpretrain.errors import CheckpointError
+from mmpretrain.train.elastic import ResumeSource, restore_module_extras
 from mmpretrain.train.manifest import (
     describe_files,
     newest_complete,
@@ -73,7 +75,7 @@ def save_and_report(
             (Path(folder) / STATE_FILE).write_text(json.dumps(state.state_dict()))
         files = _all_files(describe_files(Path(folder)))  # hash here, in parallel on all ranks
         if rank == 0:  # last file of the folder: the checkpoint is complete once it is valid
-            write_manifest(Path(folder), files, {**facts, **state.state_dict()})
+            write_manifest(Path(folder), files, {**facts, **state.summary()})
         ray.train.report(
             {**metrics, "step": state.step},
             checkpoint=ray.train.Checkpoint.from_directory(folder),
@@ -111,20 +113,18 @@ def choose_resume_checkpoint(run_dir: Path, rank: int) -> Path | None:
     return Path(holder[0]) if holder[0] else None
 
 
-def restore(engine: Any, folder: Path) -> TrainState:
+def restore(engine: Any, source: ResumeSource) -> TrainState:
     """Loads weights, optimizer and scheduler into ``engine`` and returns the TrainState."""
-    latest = folder / "latest"
-    if not latest.is_file():
-        raise FileNotFoundError(
-            f"checkpoint {folder} has no DeepSpeed 'latest' file;"
-            " it is not a checkpoint written by mmpretrain"
-        )
-    tag = latest.read_text().strip()
     load_path, client_state = engine.load_checkpoint(
-        str(folder), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+        str(source.load_dir),
+        tag=source.tag,
+        load_optimizer_states=True,
+        load_lr_scheduler_states=True,
     )
     if load_path is None:
-        raise RuntimeError(f"DeepSpeed could not load checkpoint {folder} (tag {tag})")
+        raise CheckpointError(f"DeepSpeed could not load {source.load_dir} (tag {source.tag})")
+    if source.universal:
+        restore_module_extras(engine, source)
     state = TrainState()
     state.load_state_dict(client_state["train_state"])
     return state

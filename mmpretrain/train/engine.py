@@ -25,7 +25,8 @@ def resolve_precision(cfg: RunConfig) -> str:
     return cfg.train.precision
 
 
-def deepspeed_config(cfg: RunConfig) -> dict[str, Any]:
+def deepspeed_config(cfg: RunConfig, load_universal: bool = False) -> dict[str, Any]:
+    """``load_universal``: the resume checkpoint was converted for another world size."""
     train = cfg.train
     return {
         "train_micro_batch_size_per_gpu": cfg.data.batch_size,
@@ -37,6 +38,7 @@ def deepspeed_config(cfg: RunConfig) -> dict[str, Any]:
         "torch_autocast": {"enabled": resolve_precision(cfg) == "bf16", "dtype": "bfloat16"},
         # torch's AdamW is supported by ZeRO but not on DeepSpeed's own allow-list.
         "zero_allow_untested_optimizer": True,
+        "checkpoint": {"load_universal": load_universal},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
@@ -56,7 +58,9 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
     ]
 
 
-def build_engine(model: nn.Module, cfg: RunConfig):  # -> deepspeed.DeepSpeedEngine
+def build_engine(
+    model: nn.Module, cfg: RunConfig, load_universal: bool = False
+):  # -> deepspeed.DeepSpeedEngine
     """DeepSpeed engine around ``model``; with ``train.compile`` DeepSpeed's own compile path,
     which keeps ZeRO-3's parameter hooks working under ``torch.compile``."""
     import deepspeed
@@ -73,7 +77,10 @@ def build_engine(model: nn.Module, cfg: RunConfig):  # -> deepspeed.DeepSpeedEng
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg)
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        config=deepspeed_config(cfg, load_universal),
     )
     if train.compile:
         engine.compile()

@@ -69,7 +69,7 @@ def run_evaluation(
             eval_loop_per_worker,
             train_loop_config={"config": cfg.to_dict(), "weights": ray.put(weights)},
             scaling_config=ray.train.ScalingConfig(
-                num_workers=cfg.train.num_workers,
+                num_workers=cfg.train.min_workers,
                 use_gpu=cfg.train.use_gpu,
                 resources_per_worker={"CPU": cfg.train.cpus_per_worker},
             ),

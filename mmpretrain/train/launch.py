@@ -18,7 +18,7 @@ from ray.data import DataContext, ExecutionOptions
 from ray.train.torch import TorchTrainer
 
 from mmpretrain.config import RunConfig
-from mmpretrain.data import quality
+from mmpretrain.data import quality, resume_filter
 from mmpretrain.data.pipeline import build_dataset, training_shards
 from mmpretrain.data.shards import expand_shards
 from mmpretrain.data.tokenizer import load_tokenizer
@@ -27,6 +27,7 @@ from mmpretrain.train.loop import train_loop_per_worker
 
 DATA_CPUS_EMBEDDED = 2  # logical CPUs left to Ray Data in an embedded cluster
 RAY_RUN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of a run
+START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 
 
 @dataclass
@@ -44,7 +45,7 @@ def embedded_cpus(cfg: RunConfig) -> int:
     """
     if cfg.cluster.num_cpus is not None:
         return cfg.cluster.num_cpus
-    workers = cfg.train.num_workers * cfg.train.cpus_per_worker
+    workers = cfg.train.max_workers * cfg.train.cpus_per_worker
     return int(workers + 0.999) + max(DATA_CPUS_EMBEDDED, os.cpu_count() or 1)
 
 
@@ -60,19 +61,42 @@ def connect(cfg: RunConfig) -> None:
 
 
 def check_resources(cfg: RunConfig) -> None:
+    """Fails at once on what can never fit; Ray Train would retry the worker group forever."""
+    train = cfg.train
     total = ray.cluster_resources()
-    need_cpu = cfg.train.num_workers * cfg.train.cpus_per_worker
+    need_cpu = train.min_workers * train.cpus_per_worker
     if total.get("CPU", 0) < need_cpu + 1:
         raise ResourceError(
-            f"train.num_workers={cfg.train.num_workers} x train.cpus_per_worker="
-            f"{cfg.train.cpus_per_worker} needs {need_cpu:g} CPUs plus at least 1 for Ray Data,"
+            f"train.num_workers={train.num_workers} x train.cpus_per_worker="
+            f"{train.cpus_per_worker} needs {need_cpu:g} CPUs plus at least 1 for Ray Data,"
             f" but the cluster has {total.get('CPU', 0):g}; lower them or add nodes"
         )
-    if cfg.train.use_gpu and total.get("GPU", 0) < cfg.train.num_workers:
+    largest_node = max(
+        (node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]), default=0
+    )
+    if largest_node < train.cpus_per_worker:
         raise ResourceError(
-            f"train.use_gpu with train.num_workers={cfg.train.num_workers} needs that many GPUs,"
+            f"train.cpus_per_worker={train.cpus_per_worker} is more than any node has (the "
+            f"largest has {largest_node:g} CPUs); a worker runs on one node"
+        )
+    if train.use_gpu and total.get("GPU", 0) < train.min_workers:
+        raise ResourceError(
+            f"train.use_gpu with train.num_workers={train.num_workers} needs that many GPUs,"
             f" but the cluster has {total.get('GPU', 0):g}"
         )
+
+
+def bound_worker_group_start(cfg: RunConfig) -> int:
+    """Makes a worker group that cannot be scheduled fail the run after train.start_timeout_s.
+
+    Ray Train V2 gives up on one start attempt after RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S
+    (read in the driver and handed to its controller) and then retries without end unless
+    its controller failure limit is set; returns that limit.
+    """
+    if cfg.train.start_timeout_s == -1:
+        return -1
+    os.environ[START_TIMEOUT_ENV] = str(cfg.train.start_timeout_s)
+    return 0
 
 
 def run_training(cfg: RunConfig) -> TrainResult:
@@ -94,10 +118,16 @@ def run_training(cfg: RunConfig) -> TrainResult:
     check_resources(cfg)
     DataContext.get_current().enable_progress_bars = False  # the trainer prints progress
     train_counter = quality.counter_name(cfg.train.run_name, "train")
-    counter_handle = quality.create_counter(train_counter)  # the actor lives while this does
+    skip_list = resume_filter.filter_name(cfg.train.run_name)
+    # The actors live while these handles do: for the whole of fit(), restarts included.
+    actors = [quality.create_counter(train_counter), resume_filter.create_filter(skip_list)]
     datasets = {
         "train": build_dataset(
-            train_shards, cfg.data, shuffle_seed=cfg.train.seed, counter=train_counter
+            train_shards,
+            cfg.data,
+            shuffle_seed=cfg.train.seed,
+            counter=train_counter,
+            resume_filter_name=skip_list,
         )
     }
     if val_shards:
@@ -105,15 +135,22 @@ def run_training(cfg: RunConfig) -> TrainResult:
 
     # The held-out set is read whole and in order by every worker (see train/evaluation.py).
     val_options = ExecutionOptions(preserve_order=True)
+    train_options = ray.train.DataConfig.default_ingest_options()
+    train_options.preserve_order = cfg.train.deterministic  # else blocks go as they finish
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "config": cfg.to_dict(),
             "datasets": sorted(datasets),
             "quality_counter": train_counter,
+            "resume_filter": skip_list,
         },
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.train.num_workers,
+            num_workers=(
+                cfg.train.num_workers
+                if isinstance(cfg.train.num_workers, int)
+                else (cfg.train.min_workers, cfg.train.max_workers)
+            ),
             use_gpu=cfg.train.use_gpu,
             resources_per_worker={"CPU": cfg.train.cpus_per_worker},
         ),
@@ -124,19 +161,30 @@ def run_training(cfg: RunConfig) -> TrainResult:
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
             # A restarted worker group resumes in train_loop_per_worker, from the run
             # directory's newest complete checkpoint.
-            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            failure_config=ray.train.FailureConfig(
+                max_failures=cfg.train.max_failures,
+                controller_failure_limit=bound_worker_group_start(cfg),
+            ),
         ),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(
-            datasets_to_split=["train"], execution_options={"val": val_options}
+            datasets_to_split=["train"],
+            execution_options={"train": train_options, "val": val_options},
         ),
     )
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as exc:
-        # Say why in our words when the workers stopped on bad data, not in a worker traceback.
+        # Say why in our words when the workers stopped on bad data or never started.
         quality.check_bad_fraction(quality.snapshot(train_counter), cfg.data.max_bad_fraction)
+        if isinstance(exc, ray.train.ControllerError) and "startup timed out" in str(exc):
+            raise ResourceError(
+                f"the cluster could not fit train.num_workers={cfg.train.num_workers} workers "
+                f"of train.cpus_per_worker={cfg.train.cpus_per_worker} CPUs"
+                f"{' and 1 GPU' if cfg.train.use_gpu else ''} within train.start_timeout_s="
+                f"{cfg.train.start_timeout_s:g}; free resources, add nodes or lower them"
+            ) from exc
         raise exc
-    del counter_handle
+    del actors
     checkpoint = result.checkpoint.path if result.checkpoint is not None else None
     return TrainResult(run_dir=run_dir, checkpoint=checkpoint, metrics=dict(result.metrics or {}))

@@ -1,8 +1,10 @@
 """The per-worker training loop: read it top to bottom.
 
-tokenizer -> model -> DeepSpeed engine -> resume -> ``while step < max_steps`` over the worker's
-split of the shards (forward, backward, step, momentum update) -> log, checkpoint and evaluate
-every N steps -> held-out evaluation at the end.
+tokenizer -> model -> resume plan (converting ZeRO shards if the world size changed) ->
+DeepSpeed engine -> restore -> ``while step < last_step`` over the worker's split of what the
+epoch has left (forward, backward, step, momentum update, note the keys consumed) -> log,
+checkpoint (with the data position of all ranks) and evaluate every N steps -> held-out
+evaluation at the end.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import torch
 import torch.distributed as dist
 
 from mmpretrain.config import RunConfig, config_from_dict
-from mmpretrain.data import quality
+from mmpretrain.data import quality, resume_filter
 from mmpretrain.data.pipeline import collate_batch
 from mmpretrain.data.tokenizer import load_tokenizer
 from mmpretrain.evaluate.report import format_table
+from mmpretrain.train.audit import SampleKeyLog
 from mmpretrain.train.builder import build_training_task
 from mmpretrain.train.checkpoint import (
     choose_resume_checkpoint,
@@ -26,8 +29,10 @@ from mmpretrain.train.checkpoint import (
     restore,
     save_and_report,
 )
+from mmpretrain.train.elastic import plan_resume
 from mmpretrain.train.engine import average_buffers, build_engine, update_momentum_encoder
 from mmpretrain.train.evaluation import evaluate
+from mmpretrain.train.position import DataPosition, gather_position
 from mmpretrain.train.progress import ProgressLog, console
 from mmpretrain.train.state import TrainState
 
@@ -57,6 +62,21 @@ def _shared_quality_counts(counter: str | None, rank: int) -> dict[str, int]:
     return holder[0]
 
 
+def _start_pass(filter_name: str | None, position: DataPosition, rank: int) -> None:
+    """Tells the read tasks what this pass over the shards leaves out, before any rank reads
+    (collective): nothing for a fresh epoch, what was consumed for a resumed one."""
+    if filter_name and rank == 0:
+        resume_filter.publish(filter_name, position.finished, position.consumed)
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _draw_seed(seed: int, rank: int, samples_seen: int) -> int:
+    """Masks, hard negatives and SSL views are drawn from the run's position, so a resumed run
+    draws what the uninterrupted one would have."""
+    return (seed * 1_000_003 + rank * 7_919 + samples_seen) % 2**63
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     cfg: RunConfig = config_from_dict(loop_config["config"])
     context = ray.train.get_context()
@@ -64,30 +84,38 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
     torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
 
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
     # Identical initial weights on every rank; the engine broadcasts rank 0's anyway.
     torch.manual_seed(cfg.train.seed)
     tokenizer = load_tokenizer(cfg.data.tokenizer)
-    engine = build_engine(build_training_task(cfg, tokenizer).to(device), cfg)
+    task = build_training_task(cfg, tokenizer).to(device)
 
-    state = TrainState()
     checkpoint = choose_resume_checkpoint(cfg.run_dir, rank)
+    source = None
     if checkpoint is not None:
-        state = restore(engine, checkpoint)
+        source = plan_resume(checkpoint, world, cfg.train.zero_stage, cfg.run_dir, rank)
+    engine = build_engine(task, cfg, load_universal=source is not None and source.universal)
+    state = TrainState()
+    if source is not None:
+        state = restore(engine, source)
         if rank == 0:
-            console(f"resumed from {checkpoint} at step {state.step}")
+            how = " (ZeRO shards converted to this world size)" if source.universal else ""
+            console(f"resumed from {source.checkpoint} at step {state.step}{how}")
     facts = {
         "world_size": world,
         "zero_stage": cfg.train.zero_stage,
         "config_digest": config_digest(cfg.to_yaml()),
     }
-    # Masking and negative sampling differ per rank and continue fresh after a resume.
-    torch.manual_seed(cfg.train.seed + 1000 * (rank + 1) + state.step)
+    keys_log = SampleKeyLog(cfg.run_dir, rank) if cfg.train.record_sample_keys else None
+    last_step = cfg.train.last_step
 
     progress = ProgressLog(cfg.run_dir, cfg.train.max_steps, state.step) if rank == 0 else None
     has_val = "val" in loop_config.get("datasets", ())
     train_split = ray.train.get_dataset_shard("train")
     counts: dict[str, int] = {}
-    while state.step < cfg.train.max_steps:
+    while state.step < last_step:
+        _start_pass(loop_config.get("resume_filter"), state.position, rank)
         batches_this_epoch = 0
         for batch in train_split.iter_torch_batches(
             batch_size=cfg.data.batch_size,
@@ -97,6 +125,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             local_shuffle_seed=cfg.train.seed + 1000 * state.epoch + rank,
         ):
             batches_this_epoch += 1
+            torch.manual_seed(_draw_seed(cfg.train.seed, rank, state.samples_seen))
             images = batch["image"].to(device, non_blocking=True)
             input_ids = batch["input_ids"].to(device, non_blocking=True)
             attention_mask = batch["attention_mask"].to(device, non_blocking=True)
@@ -106,12 +135,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             boundary = engine.is_gradient_accumulation_boundary()  # ask before step() moves on
             engine.step()
             state.samples_seen += len(images) * world
+            state.position.record(batch["url"], batch["key"])
+            if keys_log is not None:
+                keys_log.write(state.step + 1, batch["key"])
             if not boundary:
                 continue
             state.step += 1
             update_momentum_encoder(engine.module, cfg.objectives.momentum)
 
-            if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps:
+            if state.step % cfg.train.log_every == 0 or state.step == last_step:
                 values = _mean_across_ranks(losses)  # collective: every rank joins
                 values["lr"] = engine.get_lr()[0]
                 values["epoch"] = state.epoch
@@ -121,8 +153,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     progress.log(state.step, state.samples_seen, values)
                 quality.check_bad_fraction(counts, cfg.data.max_bad_fraction)
 
-            if state.step % cfg.train.checkpoint_every == 0 or state.step == cfg.train.max_steps:
+            if state.step % cfg.train.checkpoint_every == 0 or state.step == last_step:
                 average_buffers(engine.module)  # BatchNorm statistics of all ranks' data
+                state.position = gather_position(state.position)  # what all ranks consumed
                 # The data-quality books ride along, so Ray's result metrics carry them too.
                 metrics = {"loss": losses["loss"].item(), **counts}
                 save_and_report(
@@ -133,18 +166,20 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if periodic and state.step < cfg.train.max_steps:  # the last one follows the loop
                 _evaluate_and_report(engine, cfg, tokenizer, device, state.step, rank)
 
-            if state.step >= cfg.train.max_steps:
+            if state.step >= last_step:
                 break
         else:
-            if batches_this_epoch == 0:
+            # A resumed epoch may have nothing left (the checkpoint was at its last step).
+            if batches_this_epoch == 0 and not state.position.started:
                 raise EmptyEpochError(
                     f"data.train yields no full batch of data.batch_size={cfg.data.batch_size} "
                     f"per worker for {world} workers; add shards or lower data.batch_size"
                 )
-            state.epoch += 1
+            state.next_epoch()
 
-    # Held-out evaluation at the end (collective: every rank takes its stripe of the work).
-    if has_val:
+    # Held-out evaluation at the end (collective: every rank takes its stripe of the work);
+    # not when train.stop_at paused the run early.
+    if has_val and state.step >= cfg.train.max_steps:
         metrics = _evaluate_and_report(engine, cfg, tokenizer, device, state.step, rank)
         if rank == 0:
             (cfg.run_dir / "eval.json").write_text(json.dumps(metrics, indent=2))

@@ -1,0 +1,60 @@
+"""What the current pass over the training shards must leave out, shared with every read task.
+
+A resumed epoch continues where its checkpoint left off: shards it finished are not read again,
+and keys it consumed from shards in progress are dropped as they are read. That happens in the
+read tasks, before Ray splits the rows among the workers; dropping them in each worker instead
+would leave ranks with unequal step counts and hang the next collective. Read tasks run in many
+processes on many nodes, so the skip list lives in one small named actor, which the trainer's
+rank 0 sets before every pass (empty for a fresh epoch).
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Iterable, Mapping
+
+import ray
+
+
+@ray.remote(num_cpus=0)
+class ResumeFilter:
+    def __init__(self) -> None:
+        self._finished: frozenset[str] = frozenset()
+        self._consumed: dict[str, frozenset[str]] = {}
+
+    def set(self, finished: list[str], consumed: dict[str, list[str]]) -> None:
+        self._finished = frozenset(finished)
+        self._consumed = {url: frozenset(keys) for url, keys in consumed.items()}
+
+    def for_shard(self, url: str) -> tuple[bool, frozenset[str]]:
+        return url in self._finished, self._consumed.get(url, frozenset())
+
+
+def filter_name(run_name: str) -> str:
+    """Unique per launch, so concurrent runs on one cluster never share a skip list."""
+    return f"mmpretrain-resume-{run_name}-{uuid.uuid4().hex[:8]}"
+
+
+def create_filter(name: str) -> ray.actor.ActorHandle:
+    """Keep the returned handle for the run: the actor ends when its last handle goes."""
+    return ResumeFilter.options(name=name, get_if_exists=True).remote()
+
+
+@functools.lru_cache(maxsize=8)
+def _lookup(name: str) -> ray.actor.ActorHandle:
+    return ray.get_actor(name)
+
+
+def publish(name: str, finished: Iterable[str], consumed: Mapping[str, Iterable[str]]) -> None:
+    """Sets the skip list of the next pass; returns once the actor holds it."""
+    ray.get(
+        _lookup(name).set.remote(
+            sorted(finished), {url: sorted(keys) for url, keys in consumed.items()}
+        )
+    )
+
+
+def skips_for(name: str, url: str) -> tuple[bool, frozenset[str]]:
+    """(is the shard finished, keys of it already consumed) for this pass."""
+    return ray.get(_lookup(name).for_shard.remote(url))
