@@ -323,8 +323,8 @@ class TrainConfig:
         "Keep the newest K checkpoints, deleting older ones; null keeps all.", default=None
     )
     start_timeout_s: float = doc(
-        "Seconds to wait for the cluster to fit the worker group before the run fails "
-        "(Ray Train would otherwise retry forever); -1 waits forever (autoscaling clusters).",
+        "Seconds one worker-group start waits for the cluster to fit it; after 3 failed "
+        "starts the run fails (Ray Train would retry forever); -1 waits forever (autoscaling).",
         default=300.0,
     )
     log_every: int = doc("Print progress and write metrics.jsonl every N steps.", default=10)

@@ -7,13 +7,13 @@ reports, so a skipped sample is never lost from the books. The trainer reads the
 
 from __future__ import annotations
 
-import functools
 import uuid
 from collections import Counter
 from collections.abc import Mapping
 
 import ray
 
+from mmpretrain.data.run_actors import create_on_driver_node, lookup
 from mmpretrain.errors import DataQualityError
 
 SEEN = "seen"
@@ -38,23 +38,17 @@ def counter_name(run_name: str, split: str) -> str:
 
 
 def create_counter(name: str) -> ray.actor.ActorHandle:
-    """Keep the returned handle for the run: the actor ends when its last handle goes."""
-    return QualityCounter.options(name=name, get_if_exists=True).remote()
-
-
-@functools.lru_cache(maxsize=8)
-def _lookup(name: str) -> ray.actor.ActorHandle:
-    return ray.get_actor(name)
+    return create_on_driver_node(QualityCounter, name)
 
 
 def report(name: str | None, counts: Mapping[str, int]) -> None:
     """Fire-and-forget from a data task; a no-op outside a counted run (tests, tools)."""
     if name:
-        _lookup(name).add.remote(dict(counts))
+        lookup(name).add.remote(dict(counts))
 
 
 def snapshot(name: str) -> dict[str, int]:
-    return ray.get(_lookup(name).snapshot.remote())
+    return ray.get(lookup(name).snapshot.remote())
 
 
 def bad_fraction(counts: Mapping[str, int]) -> float:

@@ -10,11 +10,12 @@ rank 0 sets before every pass (empty for a fresh epoch).
 
 from __future__ import annotations
 
-import functools
 import uuid
 from collections.abc import Iterable, Mapping
 
 import ray
+
+from mmpretrain.data.run_actors import create_on_driver_node, lookup
 
 
 @ray.remote(num_cpus=0)
@@ -37,19 +38,13 @@ def filter_name(run_name: str) -> str:
 
 
 def create_filter(name: str) -> ray.actor.ActorHandle:
-    """Keep the returned handle for the run: the actor ends when its last handle goes."""
-    return ResumeFilter.options(name=name, get_if_exists=True).remote()
-
-
-@functools.lru_cache(maxsize=8)
-def _lookup(name: str) -> ray.actor.ActorHandle:
-    return ray.get_actor(name)
+    return create_on_driver_node(ResumeFilter, name)
 
 
 def publish(name: str, finished: Iterable[str], consumed: Mapping[str, Iterable[str]]) -> None:
     """Sets the skip list of the next pass; returns once the actor holds it."""
     ray.get(
-        _lookup(name).set.remote(
+        lookup(name).set.remote(
             sorted(finished), {url: sorted(keys) for url, keys in consumed.items()}
         )
     )
@@ -57,4 +52,4 @@ def publish(name: str, finished: Iterable[str], consumed: Mapping[str, Iterable[
 
 def skips_for(name: str, url: str) -> tuple[bool, frozenset[str]]:
     """(is the shard finished, keys of it already consumed) for this pass."""
-    return ray.get(_lookup(name).for_shard.remote(url))
+    return ray.get(lookup(name).for_shard.remote(url))

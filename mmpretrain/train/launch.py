@@ -28,6 +28,7 @@ from mmpretrain.train.loop import train_loop_per_worker
 DATA_CPUS_EMBEDDED = 2  # logical CPUs left to Ray Data in an embedded cluster
 RAY_RUN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of a run
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+START_ATTEMPTS = 3
 
 
 @dataclass
@@ -87,16 +88,18 @@ def check_resources(cfg: RunConfig) -> None:
 
 
 def bound_worker_group_start(cfg: RunConfig) -> int:
-    """Makes a worker group that cannot be scheduled fail the run after train.start_timeout_s.
+    """Makes a worker group that cannot be scheduled fail the run within
+    START_ATTEMPTS x train.start_timeout_s; returns Ray Train's controller failure limit.
 
-    Ray Train V2 gives up on one start attempt after RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S
-    (read in the driver and handed to its controller) and then retries without end unless
-    its controller failure limit is set; returns that limit.
+    Ray Train V2 gives up one start attempt after RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S (read
+    in the driver and handed to its controller), then retries without end unless that limit is
+    set. More than one attempt, because right after a node is lost Ray Train may size the new
+    group from a stale view of the cluster and wait for workers that can no longer fit.
     """
     if cfg.train.start_timeout_s == -1:
         return -1
     os.environ[START_TIMEOUT_ENV] = str(cfg.train.start_timeout_s)
-    return 0
+    return START_ATTEMPTS - 1
 
 
 def run_training(cfg: RunConfig) -> TrainResult:
@@ -181,8 +184,9 @@ def run_training(cfg: RunConfig) -> TrainResult:
             raise ResourceError(
                 f"the cluster could not fit train.num_workers={cfg.train.num_workers} workers "
                 f"of train.cpus_per_worker={cfg.train.cpus_per_worker} CPUs"
-                f"{' and 1 GPU' if cfg.train.use_gpu else ''} within train.start_timeout_s="
-                f"{cfg.train.start_timeout_s:g}; free resources, add nodes or lower them"
+                f"{' and 1 GPU' if cfg.train.use_gpu else ''} in {START_ATTEMPTS} attempts of "
+                f"train.start_timeout_s={cfg.train.start_timeout_s:g}; free resources, add nodes"
+                " or lower them"
             ) from exc
         raise exc
     del actors

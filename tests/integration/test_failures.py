@@ -155,3 +155,53 @@ def test_a_killed_driver_is_resumed_by_running_the_same_command(synth_data, tmp_
     assert "resumed from" in proc.stdout + proc.stderr
     resumed_at = assert_continuous_after_restart(steps_logged(run_dir))
     assert f"at step {resumed_at}" in proc.stdout + proc.stderr
+
+
+def test_a_lost_node_shrinks_the_run_to_the_workers_that_still_fit(synth_data, tmp_path) -> None:
+    """Two 2-CPU nodes hold one worker each (train.cpus_per_worker=2); the head's one CPU
+    runs Ray Data. One node goes mid-run: the group comes back with one worker
+    (train.num_workers=[1, 2]), resumes from the last complete checkpoint with its ZeRO
+    shards converted to the new world size, and finishes."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
+    )
+    try:
+        doomed = cluster.add_node(num_cpus=2)
+        cluster.add_node(num_cpus=2)
+        cluster.wait_for_nodes()
+        command = [
+            sys.executable, "-m", "mmpretrain", "train", "--config", "tiny",
+            *short_run(
+                synth_data,
+                "train.storage_path=.",
+                "train.run_name=lost-node",
+                "train.num_workers=[1,2]",
+                "train.cpus_per_worker=2",
+                "train.max_failures=1",
+                "train.start_timeout_s=20",  # a start sized before the node loss is seen
+                f"cluster.address={cluster.address}",
+            ),
+        ]  # fmt: skip
+        env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+        env.pop("RAY_ADDRESS", None)
+        run_dir = tmp_path / "lost-node"
+        with (tmp_path / "driver.log").open("w") as log:
+            driver = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=log)
+            try:
+                first = run_dir / f"checkpoint_step_{CHECKPOINT_EVERY:08d}"
+                wait_for(lambda: first.is_dir() and check_checkpoint(first).complete)
+                wait_for(lambda: any(step > CHECKPOINT_EVERY for step in steps_logged(run_dir)))
+                cluster.remove_node(doomed)
+                returncode = driver.wait(timeout=900)
+            finally:
+                driver.kill()
+        output = (tmp_path / "driver.log").read_text()
+        assert returncode == 0, output[-4000:]
+        assert_continuous_after_restart(steps_logged(run_dir))
+        assert "ZeRO shards converted to this world size" in output
+        final = check_checkpoint(run_dir / f"checkpoint_step_{MAX_STEPS:08d}")
+        assert final.complete and final.manifest["world_size"] == 1, final
+    finally:
+        cluster.shutdown()

@@ -149,7 +149,7 @@ def test_a_worker_group_that_never_fits_fails_within_the_timeout(
     squatter = Squatter.remote()
     ray.get(squatter.ready.remote())
     try:
-        with pytest.raises(ResourceError, match=r"within train\.start_timeout_s=5"):
-            run(synth_data, epoch_shards, tmp_path, "never", "train.start_timeout_s=5")
+        with pytest.raises(ResourceError, match=r"in 3 attempts of train\.start_timeout_s=2"):
+            run(synth_data, epoch_shards, tmp_path, "never", "train.start_timeout_s=2")
     finally:
         ray.kill(squatter)
