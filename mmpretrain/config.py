@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import os
+import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -328,7 +330,11 @@ class TrainConfig:
         default=300.0,
     )
     log_every: int = doc("Print progress and write metrics.jsonl every N steps.", default=10)
-    storage_path: str = doc("Parent folder of run directories.", default="runs")
+    storage_path: str = doc(
+        "Parent of run directories: a path (local, or a file system every node mounts) or an "
+        "object-store URI (s3://, gs://) that Ray Train writes through pyarrow.",
+        default="runs",
+    )
     run_name: str = doc("Run directory name; re-using it resumes the run.", default="mmpretrain")
     lr: float = doc("Peak learning rate of AdamW.", default=1e-4)
     weight_decay: float = doc("AdamW weight decay.", default=0.02)
@@ -472,8 +478,20 @@ class RunConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     @property
+    def run_storage(self):  # -> mmpretrain.train.storage.Folder
+        """The run directory in train.storage_path (a path or an object-store URI): where
+        checkpoints, the resolved config and (copied at each checkpoint) the logs live."""
+        from mmpretrain.train.storage import Folder
+
+        return Folder.of(self.train.storage_path) / self.train.run_name
+
+    @property
     def run_dir(self) -> Path:
-        """Where checkpoints, metrics.jsonl, eval.json and the resolved config live."""
+        """The local folder a run writes its logs to (metrics.jsonl, eval.json): the run
+        directory itself on local or shared storage, a local mirror of it for URIs."""
+        if "://" in self.train.storage_path:
+            where = hashlib.sha256(self.train.storage_path.encode()).hexdigest()[:12]
+            return Path(tempfile.gettempdir()) / "mmpretrain-runs" / where / self.train.run_name
         return Path(self.train.storage_path).expanduser().resolve() / self.train.run_name
 
     def with_absolute_paths(self) -> RunConfig:

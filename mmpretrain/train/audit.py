@@ -7,6 +7,7 @@ leaves a log that is whole up to its last step.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -17,7 +18,9 @@ class SampleKeyLog:
     def __init__(self, run_dir: Path, rank: int) -> None:
         folder = run_dir / FOLDER
         folder.mkdir(parents=True, exist_ok=True)
-        self._handle = (folder / f"rank-{rank}.tsv").open("a")
+        # One file per worker process: restarts and object-store copies never collide.
+        self.path = folder / f"rank-{rank}-{os.getpid()}.tsv"
+        self._handle = self.path.open("a")
 
     def write(self, step: int, keys: Iterable[str]) -> None:
         self._handle.writelines(f"{step}\t{key}\n" for key in keys)

@@ -29,6 +29,7 @@ from mmpretrain.train.manifest import (
 )
 from mmpretrain.train.progress import console
 from mmpretrain.train.state import TrainState
+from mmpretrain.train.storage import Folder
 
 STATE_FILE = "train_state.json"
 
@@ -59,7 +60,7 @@ def save_and_report(
     metrics: dict[str, Any],
     rank: int,
     facts: dict[str, Any],
-    run_dir: Path,
+    storage: Folder,
     keep: int | None,
 ) -> None:
     """Collective: every rank must call it at the same step.
@@ -88,10 +89,10 @@ def save_and_report(
         if dist.is_initialized():
             dist.barrier()
         if rank == 0:
-            prune_checkpoints(run_dir, keep)
+            prune_checkpoints(storage, keep)
 
 
-def choose_resume_checkpoint(run_dir: Path, rank: int) -> Path | None:
+def choose_resume_checkpoint(storage: Folder, rank: int) -> Folder | None:
     """The newest complete checkpoint of the run (collective: rank 0 checks, all agree).
 
     Read from the run directory rather than from Ray's record of the run, so a run whose
@@ -99,7 +100,7 @@ def choose_resume_checkpoint(run_dir: Path, rank: int) -> Path | None:
     """
     holder: list[str | None] = [None]
     if rank == 0:
-        chosen, skipped = newest_complete(run_dir)
+        chosen, skipped = newest_complete(storage)
         for status in skipped:
             fallback = f"resuming from {chosen.path.name}" if chosen else "starting afresh"
             moved = set_aside(status)  # frees the name for when this step is saved again
@@ -110,7 +111,7 @@ def choose_resume_checkpoint(run_dir: Path, rank: int) -> Path | None:
         holder = [str(chosen.path) if chosen else None]
     if dist.is_initialized():
         dist.broadcast_object_list(holder, src=0)
-    return Path(holder[0]) if holder[0] else None
+    return Folder.of(holder[0]) if holder[0] else None
 
 
 def restore(engine: Any, source: ResumeSource) -> TrainState:

@@ -50,7 +50,7 @@ def resolve_weights(path: str | Path) -> WeightsSource:
         return WeightsSource("checkpoint", folder, folder.parent / "config.yaml")
     chosen, skipped = newest_complete(folder)
     if chosen is not None:
-        return WeightsSource("checkpoint", chosen.path, folder / "config.yaml")
+        return WeightsSource("checkpoint", chosen.path.local_path, folder / "config.yaml")
     reasons = "; ".join(f"{s.path.name}: {s.reason}" for s in skipped)
     raise CheckpointError(
         f"--checkpoint: {str(path)!r} holds no complete checkpoint and no export "

@@ -7,6 +7,9 @@ optimizer moments whole, and loads into any world size and stage. So when the wo
 stage changed, rank 0 converts the chosen checkpoint once (into ``run_dir/universal/``, kept
 for the next restart) and every rank loads the converted copy. The data position needs no
 conversion: it is global (see ``position.py``).
+
+A checkpoint in an object store is first copied to each rank's local disk (DeepSpeed loads
+from local files); a conversion then happens on every rank, into a local folder of its own.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,7 @@ import torch.distributed as dist
 
 from mmpretrain.errors import CheckpointError
 from mmpretrain.train.manifest import MANIFEST
+from mmpretrain.train.storage import Folder
 
 UNIVERSAL_DIR = "universal"
 CONVERTED_MARKER = "converted.json"  # written last: a conversion cut short is redone
@@ -33,36 +38,47 @@ MODEL_STATES = "mp_rank_00_model_states.pt"
 class ResumeSource:
     """What ``engine.load_checkpoint`` is pointed at."""
 
-    checkpoint: Path  # the checkpoint chosen for resume
-    load_dir: Path  # that checkpoint, or its universal conversion
+    checkpoint: Folder  # the checkpoint chosen for resume
+    load_dir: Path  # a local copy of it (or it, when local), or its universal conversion
     tag: str
     universal: bool
 
 
 def plan_resume(
-    checkpoint: Path, world: int, zero_stage: int, run_dir: Path, rank: int
+    checkpoint: Folder, world: int, zero_stage: int, run_dir: Path, rank: int
 ) -> ResumeSource:
-    """Collective: decides whether ``checkpoint`` needs converting and, if so, converts it."""
+    """Collective: decides whether ``checkpoint`` needs converting and, if so, converts it.
+
+    ``run_dir`` is the run's local folder, where a conversion of a local checkpoint is kept.
+    """
     manifest = json.loads((checkpoint / MANIFEST).read_text())
     saved_world, saved_stage = int(manifest["world_size"]), int(manifest["zero_stage"])
     tag = (checkpoint / "latest").read_text().strip()
+    if checkpoint.is_local:
+        local, target, converter = checkpoint.local_path, run_dir / UNIVERSAL_DIR, rank == 0
+    else:
+        scratch = Path(tempfile.mkdtemp(prefix="mmpretrain-resume-"))
+        local = checkpoint.download(scratch / checkpoint.name)
+        target, converter = scratch / UNIVERSAL_DIR, True
     if (saved_world, saved_stage) == (world, zero_stage) or saved_stage == zero_stage == 0:
-        return ResumeSource(checkpoint, checkpoint, tag, universal=False)
+        return ResumeSource(checkpoint, local, tag, universal=False)
     if saved_stage == 0 or zero_stage == 0:
         raise CheckpointError(
             f"{checkpoint.name} was saved at ZeRO stage {saved_stage} and the run now asks for "
             f"train.zero_stage={zero_stage}; a checkpoint moves between ZeRO stages 1-3 (and "
             f"any world size), but not to or from stage 0: set train.zero_stage={saved_stage}"
         )
-    target = run_dir / UNIVERSAL_DIR / checkpoint.name
+    target = target / checkpoint.name
     failure: list[str | None] = [None]
-    if rank == 0 and not (target / CONVERTED_MARKER).is_file():
+    if converter and not (target / CONVERTED_MARKER).is_file():
         try:
-            convert_to_universal(checkpoint, tag, target)
+            convert_to_universal(local, tag, target)
         except Exception as exc:  # reported to every rank below, then raised
             failure = [f"{type(exc).__name__}: {exc}"]
     if dist.is_initialized():
-        dist.broadcast_object_list(failure, src=0)
+        failures: list[str | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(failures, failure[0])
+        failure = [next((f for f in failures if f is not None), None)]
     if failure[0] is not None:
         raise CheckpointError(
             f"converting {checkpoint} (world size {saved_world}, ZeRO stage {saved_stage}) to "

@@ -8,6 +8,7 @@ retries forever.
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,9 @@ import ray
 import ray.train
 from ray.data import DataContext, ExecutionOptions
 from ray.train.torch import TorchTrainer
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from mmpretrain.config import RunConfig
+from mmpretrain.config import ConfigError, RunConfig
 from mmpretrain.data import quality, resume_filter
 from mmpretrain.data.pipeline import build_dataset, training_shards
 from mmpretrain.data.shards import expand_shards
@@ -87,6 +89,44 @@ def check_resources(cfg: RunConfig) -> None:
         )
 
 
+def check_storage_is_shared(cfg: RunConfig) -> None:
+    """On a multi-node cluster a plain train.storage_path must be one every node mounts.
+
+    Each rank writes its checkpoint shard there and rank 0 reads them all back at resume; a
+    folder local to each node would scatter a checkpoint over the nodes, unnoticed until a
+    resume finds it incomplete. A marker written here must be visible from every node.
+    """
+    storage = cfg.run_storage
+    nodes = [node["NodeID"] for node in ray.nodes() if node["Alive"]]
+    if not storage.is_local or len(nodes) < 2:
+        return
+    marker = storage.local_path / f".shared-{uuid.uuid4().hex}"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text("")
+    try:
+        probes = [
+            _path_exists.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)
+            ).remote(str(marker))
+            for node in nodes
+        ]
+        blind = [node for node, seen in zip(nodes, ray.get(probes), strict=True) if not seen]
+    finally:
+        marker.unlink(missing_ok=True)
+    if blind:
+        raise ConfigError(
+            f"train.storage_path={cfg.train.storage_path!r} is not shared: {len(blind)} of "
+            f"{len(nodes)} nodes cannot see it (node {blind[0][:12]}...). Multi-node runs need "
+            "a file system every node mounts (NFS, EFS, Lustre) or an object-store URI "
+            "(s3://bucket/runs, gs://bucket/runs)"
+        )
+
+
+@ray.remote(num_cpus=0)
+def _path_exists(path: str) -> bool:
+    return os.path.exists(path)
+
+
 def bound_worker_group_start(cfg: RunConfig) -> int:
     """Makes a worker group that cannot be scheduled fail the run within
     START_ATTEMPTS x train.start_timeout_s; returns Ray Train's controller failure limit.
@@ -109,16 +149,17 @@ def run_training(cfg: RunConfig) -> TrainResult:
     val_shards = expand_shards(cfg.data.val) if cfg.data.val else None
     load_tokenizer(cfg.data.tokenizer)
 
-    run_dir = cfg.run_dir
+    run_dir, storage = cfg.run_dir, cfg.run_storage
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(cfg.to_yaml())
-    # Where to resume is decided from the run directory's manifests (train/checkpoint.py), not
-    # from Ray's record of the run, which lists checkpoints that retention deleted or that were
-    # set aside as incomplete, and then refuses to start ("corrupted run directory").
-    (run_dir / RAY_RUN_SNAPSHOT).unlink(missing_ok=True)
 
     connect(cfg)
     check_resources(cfg)
+    check_storage_is_shared(cfg)
+    (storage / "config.yaml").write_text(cfg.to_yaml())
+    # Where to resume is decided from the run directory's manifests (train/checkpoint.py), not
+    # from Ray's record of the run, which lists checkpoints that retention deleted or that were
+    # set aside as incomplete, and then refuses to start ("corrupted run directory").
+    (storage / RAY_RUN_SNAPSHOT).delete()
     DataContext.get_current().enable_progress_bars = False  # the trainer prints progress
     train_counter = quality.counter_name(cfg.train.run_name, "train")
     skip_list = resume_filter.filter_name(cfg.train.run_name)
@@ -159,7 +200,7 @@ def run_training(cfg: RunConfig) -> TrainResult:
         ),
         run_config=ray.train.RunConfig(
             name=cfg.train.run_name,
-            storage_path=str(run_dir.parent),
+            storage_path=cfg.train.storage_path,  # absolute, or a URI
             # Retention is ours (train.keep_checkpoints): Ray cannot tell complete from not.
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
             # A restarted worker group resumes in train_loop_per_worker, from the run

@@ -32,6 +32,7 @@ from mmpretrain.train.checkpoint import (
 from mmpretrain.train.elastic import plan_resume
 from mmpretrain.train.engine import average_buffers, build_engine, update_momentum_encoder
 from mmpretrain.train.evaluation import evaluate
+from mmpretrain.train.log_sync import pull_logs, push_logs
 from mmpretrain.train.position import DataPosition, gather_position
 from mmpretrain.train.progress import ProgressLog, console
 from mmpretrain.train.state import TrainState
@@ -91,7 +92,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     task = build_training_task(cfg, tokenizer).to(device)
 
-    checkpoint = choose_resume_checkpoint(cfg.run_dir, rank)
+    storage = cfg.run_storage
+    if rank == 0:
+        pull_logs(cfg.run_dir, storage)
+    checkpoint = choose_resume_checkpoint(storage, rank)
     source = None
     if checkpoint is not None:
         source = plan_resume(checkpoint, world, cfg.train.zero_stage, cfg.run_dir, rank)
@@ -108,6 +112,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         "config_digest": config_digest(cfg.to_yaml()),
     }
     keys_log = SampleKeyLog(cfg.run_dir, rank) if cfg.train.record_sample_keys else None
+    keys_path = keys_log.path if keys_log is not None else None
     last_step = cfg.train.last_step
 
     progress = ProgressLog(cfg.run_dir, cfg.train.max_steps, state.step) if rank == 0 else None
@@ -159,8 +164,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 # The data-quality books ride along, so Ray's result metrics carry them too.
                 metrics = {"loss": losses["loss"].item(), **counts}
                 save_and_report(
-                    engine, state, metrics, rank, facts, cfg.run_dir, cfg.train.keep_checkpoints
+                    engine, state, metrics, rank, facts, storage, cfg.train.keep_checkpoints
                 )
+                push_logs(cfg.run_dir, storage, rank, keys_path)
 
             periodic = has_val and cfg.eval.every and state.step % cfg.eval.every == 0
             if periodic and state.step < cfg.train.max_steps:  # the last one follows the loop
@@ -183,6 +189,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         metrics = _evaluate_and_report(engine, cfg, tokenizer, device, state.step, rank)
         if rank == 0:
             (cfg.run_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
+    push_logs(cfg.run_dir, storage, rank, keys_path)
 
 
 def _evaluate_and_report(

@@ -12,19 +12,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from mmpretrain.train.storage import Folder
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 CHUNK = 1 << 22
 
 
-def file_digest(path: Path) -> str:
+def file_digest(path: Path | Folder) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    with Folder.of(path).open_input() as handle:
         while chunk := handle.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
@@ -52,7 +53,7 @@ def write_manifest(
 
 @dataclass(frozen=True)
 class CheckpointStatus:
-    path: Path
+    path: Folder
     complete: bool
     reason: str  # why it is incomplete; "" when complete
     manifest: dict[str, Any] | None
@@ -66,43 +67,54 @@ class CheckpointStatus:
 
     @property
     def size_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+        return sum(self.path.files().values())
 
 
-def check_checkpoint(folder: Path, verify_checksums: bool = True) -> CheckpointStatus:
-    """Whether ``folder`` is a complete checkpoint; the reason names the first failing file."""
-    manifest_path = folder / MANIFEST
-    if not manifest_path.is_file():
+def check_checkpoint(
+    location: Path | str | Folder, verify_checksums: bool = True
+) -> CheckpointStatus:
+    """Whether ``location`` is a complete checkpoint; the reason names the first failing file."""
+    folder = Folder.of(location)
+    manifest_file = folder / MANIFEST
+    if not manifest_file.is_file():
         return CheckpointStatus(folder, False, "no manifest (the save never finished)", None)
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = json.loads(manifest_file.read_text())
         files = manifest["files"]
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         return CheckpointStatus(folder, False, f"unreadable manifest: {exc}", None)
+    present = folder.files()
     for name, expected in files.items():
-        path = folder / name
-        if not path.is_file():
+        if name not in present:
             return CheckpointStatus(folder, False, f"{name} is missing", manifest)
-        size = path.stat().st_size
+        size = present[name]
         if size != expected["size"]:
             reason = f"{name} has {size} bytes, the manifest says {expected['size']}"
             return CheckpointStatus(folder, False, reason, manifest)
-        if verify_checksums and file_digest(path) != expected["sha256"]:
+        if verify_checksums and file_digest(folder / name) != expected["sha256"]:
             return CheckpointStatus(folder, False, f"{name} fails its checksum", manifest)
     return CheckpointStatus(folder, True, "", manifest)
 
 
-def list_checkpoints(run_dir: Path, verify_checksums: bool = True) -> list[CheckpointStatus]:
+def list_checkpoints(
+    run_dir: Path | str | Folder, verify_checksums: bool = True
+) -> list[CheckpointStatus]:
     """Every ``checkpoint_step_*`` folder of a run, newest first, with its status."""
     folders = sorted(
-        (p for p in run_dir.glob("checkpoint_step_*") if p.name.rsplit("_", 1)[-1].isdigit()),
-        key=lambda p: p.name,
+        (
+            f
+            for f in Folder.of(run_dir).subfolders()
+            if f.name.startswith("checkpoint_step_") and f.name.rsplit("_", 1)[-1].isdigit()
+        ),
+        key=lambda f: f.name,
         reverse=True,
     )  # "checkpoint_step_00000072.incomplete" (set aside) is not a checkpoint any more
-    return [check_checkpoint(folder, verify_checksums) for folder in folders if folder.is_dir()]
+    return [check_checkpoint(folder, verify_checksums) for folder in folders]
 
 
-def newest_complete(run_dir: Path) -> tuple[CheckpointStatus | None, list[CheckpointStatus]]:
+def newest_complete(
+    run_dir: Path | str | Folder,
+) -> tuple[CheckpointStatus | None, list[CheckpointStatus]]:
     """The newest complete checkpoint, and the newer ones passed over for being incomplete."""
     skipped = []
     for status in list_checkpoints(run_dir):
@@ -112,17 +124,13 @@ def newest_complete(run_dir: Path) -> tuple[CheckpointStatus | None, list[Checkp
     return None, skipped
 
 
-def set_aside(status: CheckpointStatus) -> Path:
+def set_aside(status: CheckpointStatus) -> Folder:
     """Renames an incomplete checkpoint out of the way (kept for inspection, never resumed), so
     the step it names can be saved again under its proper name."""
-    target = status.path.with_name(status.path.name + ".incomplete")
-    if target.exists():
-        shutil.rmtree(target)
-    status.path.rename(target)
-    return target
+    return status.path.rename(status.path.name + ".incomplete")
 
 
-def prune_checkpoints(run_dir: Path, keep: int) -> list[Path]:
+def prune_checkpoints(run_dir: Path | str | Folder, keep: int) -> list[Folder]:
     """Deletes checkpoints older than the newest ``keep`` complete ones; returns what went.
 
     Sizes are checked but not checksums (that would re-read every checkpoint at every save).
@@ -135,8 +143,8 @@ def prune_checkpoints(run_dir: Path, keep: int) -> list[Path]:
         return []
     oldest_kept = complete[keep - 1].path.name
     doomed = [s.path for s in statuses if s.path.name < oldest_kept]
-    for path in doomed:
-        shutil.rmtree(path, ignore_errors=True)
+    for folder in doomed:
+        folder.delete()
     return doomed
 
 

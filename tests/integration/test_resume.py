@@ -1,4 +1,4 @@
-"""Exact mid-epoch resume, determinism, and resume on a different number of workers.
+"""Exact mid-epoch resume, determinism, resume on a different number of workers, storage URIs.
 
 One epoch of 96 samples in 6 shards; 2 workers of batch 8 take 6 steps to finish it. A run cut
 at step 3 (train.stop_at) and resumed must train on every key of the epoch exactly once, and
@@ -44,7 +44,7 @@ def epoch_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def run(synth_data, shards: Path, storage: Path, name: str, *overrides: str):
+def run(synth_data, shards: Path, storage: str, name: str, *overrides: str):
     cfg = load_config(
         "tiny",
         [
@@ -74,8 +74,12 @@ def test_cut_mid_epoch_resumes_exactly_and_reproduces_the_losses(
     all_keys = Counter(key for shard in epoch_shards.glob("*.tar") for key in read_shard(shard))
     assert sum(all_keys.values()) == SAMPLES and max(all_keys.values()) == 1
 
-    whole = run(synth_data, epoch_shards, tmp_path, "whole").run_dir
-    cut = run(synth_data, epoch_shards, tmp_path, "cut", f"train.stop_at={CUT}").run_dir
+    whole = run(synth_data, epoch_shards, str(tmp_path), "whole").run_dir
+    # The cut run keeps its run directory behind a URI, as in an object store: checkpoints,
+    # resume and logs all go through pyarrow's file system (here the local one, file://).
+    store = f"file://{tmp_path}"
+    run(synth_data, epoch_shards, store, "cut", f"train.stop_at={CUT}")
+    cut = tmp_path / "cut"
 
     # Determinism: same seed and world size, same loss at every step.
     expected = losses(whole)
@@ -95,7 +99,7 @@ def test_cut_mid_epoch_resumes_exactly_and_reproduces_the_losses(
     shutil.copytree(cut, tmp_path / "elastic")  # the same cut, to resume on 1 worker below
 
     # Resumed on 2 workers: the rest of the epoch, the uninterrupted run's losses.
-    run(synth_data, epoch_shards, tmp_path, "cut")
+    run(synth_data, epoch_shards, store, "cut")
     resumed = losses(cut)
     assert sorted(resumed) == list(range(1, STEPS_PER_EPOCH + 1))
     for step in range(CUT + 1, STEPS_PER_EPOCH + 1):
@@ -114,7 +118,7 @@ def test_cut_mid_epoch_resumes_exactly_and_reproduces_the_losses(
     run(
         synth_data,
         epoch_shards,
-        tmp_path,
+        str(tmp_path),
         "elastic",
         "train.num_workers=1",
         f"train.max_steps={one_worker_steps}",
@@ -150,6 +154,6 @@ def test_a_worker_group_that_never_fits_fails_within_the_timeout(
     ray.get(squatter.ready.remote())
     try:
         with pytest.raises(ResourceError, match=r"in 3 attempts of train\.start_timeout_s=2"):
-            run(synth_data, epoch_shards, tmp_path, "never", "train.start_timeout_s=2")
+            run(synth_data, epoch_shards, str(tmp_path), "never", "train.start_timeout_s=2")
     finally:
         ray.kill(squatter)
