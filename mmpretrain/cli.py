@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mmpretrain.config import ConfigError, describe_fields, load_config, preset_names
-from mmpretrain.errors import CheckpointError, DataQualityError, ResourceError
+from mmpretrain.errors import CheckpointError, DataQualityError, ReportError, ResourceError
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -116,6 +116,25 @@ def build_parser() -> argparse.ArgumentParser:
         "list", help="each checkpoint's step, completeness (manifest and checksums) and size"
     )
     listing.add_argument("run", help="run directory (train.storage_path/train.run_name)")
+
+    report = commands.add_parser(
+        "report", help="figures (convergence, attention, comparison) and report.md of a run"
+    )
+    report.add_argument("run", help="run directory (train.storage_path/train.run_name)")
+    report.add_argument(
+        "--compare",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="RUN_OR_EVAL_JSON",
+        help="other run directories or eval JSON files to compare with the run's own evaluation",
+    )
+    report.add_argument(
+        "--pairs", type=int, default=4, help="held-out pairs in the attention figure"
+    )
+    report.add_argument(
+        "--data", default=None, help="shard pattern of those pairs (default: the run's data.val)"
+    )
 
     demo = commands.add_parser("demo", help="synthetic data -> tiny model -> retrieval eval")
     demo.add_argument("--runs-dir", default="runs")
@@ -235,12 +254,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "checkpoints":
             from mmpretrain.train.manifest import format_listing, list_checkpoints
 
-            print(format_listing(list_checkpoints(Path(args.run))))
+            print(format_listing(list_checkpoints(args.run)))  # a path or a URI
+        elif args.command == "report":
+            from mmpretrain.report import write_report
+
+            report = write_report(args.run, args.compare, args.pairs, args.data)
+            print(f"report written to {report}")
         elif args.command == "demo":
             from mmpretrain.demo import run_demo
 
             _print_result(run_demo(args.runs_dir, args.overrides))
-    except (ConfigError, FileNotFoundError, CheckpointError) as exc:
+    except (ConfigError, FileNotFoundError, CheckpointError, ReportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (DataQualityError, ResourceError) as exc:

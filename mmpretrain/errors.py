@@ -11,3 +11,7 @@ class ResourceError(RuntimeError):
 
 class CheckpointError(RuntimeError):
     """A path that is not a usable run directory, checkpoint or export; says which and why."""
+
+
+class ReportError(RuntimeError):
+    """A run directory or comparison input that lacks what ``mmpretrain report`` needs."""

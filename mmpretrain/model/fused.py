@@ -101,6 +101,16 @@ class FusedEncoder(nn.Module):
         """Text-encoder features + image tokens -> fused text tokens (pair summary at 0)."""
         return self.fusion(self.text_to_fusion(text_BLD), attention_mask_BL, image_BND)
 
+    def fuse_with_attention(
+        self, text_BLD: torch.Tensor, attention_mask_BL: torch.Tensor, image_BND: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``fuse`` plus each caption token's attention over the image tokens, per fusion layer
+        and head: ``[B, layers, heads, L, 1 + regions]`` (global image token first), rows
+        summing to 1. For looking at what the model reads, not for training."""
+        return self.fusion.forward_with_attention(
+            self.text_to_fusion(text_BLD), attention_mask_BL, image_BND
+        )
+
     def match_logits(
         self, text_BLD: torch.Tensor, attention_mask_BL: torch.Tensor, image_BND: torch.Tensor
     ) -> torch.Tensor:

@@ -13,9 +13,15 @@ Every variant maps (text tokens, text mask, image tokens) to fused text tokens w
 Attention is written out with ``nn.Linear`` projections and ``scaled_dot_product_attention``
 rather than ``nn.MultiheadAttention``, whose forward reads ``out_proj.weight`` without calling
 ``out_proj``: ZeRO-3 gathers a sharded parameter only when its own module runs.
+
+``FusionModule.forward_with_attention`` also returns what each caption token attended to in the
+image (for reports and inspection). Recording is off by default, so training runs the fused
+``scaled_dot_product_attention`` kernel and never materialises the probabilities.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +40,10 @@ class MultiHeadAttention(nn.Module):
         self.key = nn.Linear(width, width)
         self.value = nn.Linear(width, width)
         self.out = nn.Linear(width, width)
+        # While True, forward computes the probabilities explicitly and keeps the last ones
+        # (``[B, H, L, N]``, detached) in ``recorded``; see ``FusionModule.forward_with_attention``.
+        self.record = False
+        self.recorded: torch.Tensor | None = None
 
     def _split(self, x_BLD: torch.Tensor) -> torch.Tensor:
         batch, length, width = x_BLD.shape
@@ -50,11 +60,31 @@ class MultiHeadAttention(nn.Module):
         k_BHNd = self._split(self.key(context_BND))
         v_BHNd = self._split(self.value(context_BND))
         mask = None if context_mask_BN is None else context_mask_BN[:, None, None, :].bool()
-        attended_BHLd = F.scaled_dot_product_attention(
-            q_BHLd, k_BHNd, v_BHNd, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-        )
+        dropout = self.dropout if self.training else 0.0
+        if self.record:
+            attended_BHLd = self._recorded_attention(q_BHLd, k_BHNd, v_BHNd, mask, dropout)
+        else:
+            attended_BHLd = F.scaled_dot_product_attention(
+                q_BHLd, k_BHNd, v_BHNd, attn_mask=mask, dropout_p=dropout
+            )
         attended_BLD = attended_BHLd.transpose(1, 2).reshape(x_BLD.shape)
         return self.out(attended_BLD)
+
+    def _recorded_attention(
+        self,
+        q_BHLd: torch.Tensor,
+        k_BHNd: torch.Tensor,
+        v_BHNd: torch.Tensor,
+        mask: torch.Tensor | None,
+        dropout: float,
+    ) -> torch.Tensor:
+        """What ``scaled_dot_product_attention`` computes, with the probabilities kept."""
+        scores_BHLN = q_BHLd @ k_BHNd.transpose(-2, -1) / math.sqrt(q_BHLd.shape[-1])
+        if mask is not None:
+            scores_BHLN = scores_BHLN.masked_fill(~mask, -torch.inf)
+        probs_BHLN = scores_BHLN.softmax(dim=-1)
+        self.recorded = probs_BHLN.detach()
+        return F.dropout(probs_BHLN, dropout, training=dropout > 0) @ v_BHNd
 
 
 class FeedForward(nn.Module):
@@ -202,6 +232,41 @@ class FusionModule(nn.Module):
             self.modality = nn.Embedding(2, width)
         self.norm = nn.LayerNorm(width)
         self.activation_checkpointing = False
+
+    def text_to_image_attention_modules(self) -> list[MultiHeadAttention]:
+        """Per layer, the attention whose queries are caption tokens and whose keys hold the
+        image tokens (for ``merged``, the joint self-attention, whose keys hold both)."""
+        if self.type == "merged":
+            return [layer.self_attn.attn for layer in self.layers]
+        if self.type == "co_attention":
+            return [layer.text_from_image.attn for layer in self.layers]
+        return [layer.cross_attn.attn for layer in self.layers]
+
+    def forward_with_attention(
+        self, text_BLD: torch.Tensor, text_mask_BL: torch.Tensor, image_BND: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` plus each caption token's attention over the image tokens.
+
+        Returns (fused text ``[B, L, D]``, attention ``[B, layers, heads, L, N]``), where every
+        row sums to 1 over the N image tokens. For ``merged`` the text rows of the joint
+        self-attention are cut to the image columns and renormalised: where, within the image,
+        a token looks, whatever share of its attention it gives to the text.
+        """
+        modules = self.text_to_image_attention_modules()
+        for module in modules:
+            module.record = True
+        try:
+            fused_BLD = self(text_BLD, text_mask_BL, image_BND)
+            recorded = [module.recorded for module in modules]
+        finally:
+            for module in modules:
+                module.record, module.recorded = False, None
+        attention_BXHLN = torch.stack(recorded, dim=1)
+        if self.type == "merged":
+            length = text_BLD.shape[1]
+            attention_BXHLN = attention_BXHLN[..., :length, length:]
+            attention_BXHLN = attention_BXHLN / attention_BXHLN.sum(dim=-1, keepdim=True)
+        return fused_BLD, attention_BXHLN
 
     def _call(self, layer: nn.Module, *inputs: torch.Tensor):
         if self.activation_checkpointing and self.training and torch.is_grad_enabled():
