@@ -33,6 +33,7 @@ def local_ray():
     """One real local Ray for the in-process integration tests of this session."""
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=True)
+    # address="local": a fresh instance even while a test's multi-node Cluster is up.
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=True)
     yield ray
     ray.shutdown()

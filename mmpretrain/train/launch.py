@@ -60,7 +60,8 @@ def connect(cfg: RunConfig) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=embedded_cpus(cfg), log_to_driver=True)
+        # "local": always a fresh instance, never some other cluster left on this machine.
+        ray.init(address="local", num_cpus=embedded_cpus(cfg), log_to_driver=True)
 
 
 def check_resources(cfg: RunConfig) -> None:

@@ -15,11 +15,13 @@ from mmpretrain.config import load_config
 from mmpretrain.errors import ResourceError
 from mmpretrain.train.launch import run_training
 from mmpretrain.train.schedule import warmup_cosine
+from tests.conftest import TRAIN_SAMPLES
 
 pytestmark = pytest.mark.integration
 
 BATCH = 16
 WORKERS = 2
+SHARD_SIZE = 128  # of the session's synthetic training shards (conftest.py)
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -114,11 +116,12 @@ def test_zero2_run_learns_checkpoints_every_rank_and_resumes(synth_data, tmp_pat
     # Optimizer and weights resumed: no jump back to the untrained loss.
     assert resumed[0]["loss"] < rows[0]["loss"]
     state = json.loads((run_dir / f"checkpoint_step_{SECOND:08d}" / "train_state.json").read_text())
-    assert state == {
-        "step": SECOND,
-        "epoch": state["epoch"],
-        "samples_seen": SECOND * BATCH * WORKERS,
-    }
+    assert (state["step"], state["samples_seen"]) == (SECOND, SECOND * BATCH * WORKERS)
+    # The data position: where in its epoch the run is, every rank's consumption merged.
+    position = state["data_position"]
+    assert position["epoch"] == state["epoch"] == SECOND * BATCH * WORKERS // TRAIN_SAMPLES
+    consumed = len(position["finished"]) * SHARD_SIZE + sum(map(len, position["consumed"].values()))
+    assert consumed == SECOND * BATCH * WORKERS - state["epoch"] * TRAIN_SAMPLES, position
 
     # Only the newest 2 complete checkpoints are kept.
     newest = run_dir / f"checkpoint_step_{SECOND:08d}"
