@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install prometheus clean
 
 install: $(STAMP)
 
@@ -22,6 +22,12 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/pytest
+
+# Debian's prometheus, which cluster/prometheus/run.sh and tests/e2e run.
+prometheus:
+	command -v prometheus >/dev/null || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update && $$SUDO apt-get install -y prometheus; }
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

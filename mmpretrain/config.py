@@ -469,6 +469,29 @@ class ClusterConfig:
 
 
 @dataclass
+class ObserveConfig:
+    metrics_port: int | None = doc(
+        "Port on which rank 0 also serves the training metrics (prometheus_client, names "
+        "without Ray's ray_ prefix); null disables. A port already taken is warned about and "
+        "skipped; Ray's per-node metrics endpoint serves them either way.",
+        default=9400,
+    )
+    metrics_host: str = doc(
+        "Address the observe.metrics_port server binds to (0.0.0.0 for other machines).",
+        default="127.0.0.1",
+    )
+
+    def __post_init__(self) -> None:
+        if self.metrics_port is not None:
+            _require(
+                1 <= self.metrics_port <= 65535,
+                "observe.metrics_port",
+                f"must be a port in [1, 65535] or null, got {self.metrics_port}",
+            )
+        _require(bool(self.metrics_host), "observe.metrics_host", "must be a non-empty address")
+
+
+@dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -476,6 +499,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    observe: ObserveConfig = field(default_factory=ObserveConfig)
 
     @property
     def run_storage(self):  # -> mmpretrain.train.storage.Folder

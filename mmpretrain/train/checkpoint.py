@@ -62,8 +62,8 @@ def save_and_report(
     facts: dict[str, Any],
     storage: Folder,
     keep: int | None,
-) -> None:
-    """Collective: every rank must call it at the same step.
+) -> int:
+    """Collective: every rank must call it at the same step. Returns the bytes this rank wrote.
 
     ``facts`` (world size, ZeRO stage, config digest) go into the manifest with the step. With
     ``keep`` set, rank 0 then deletes checkpoints older than the newest ``keep`` complete ones
@@ -74,7 +74,9 @@ def save_and_report(
         engine.save_checkpoint(folder, tag=tag, client_state={"train_state": state.state_dict()})
         if rank == 0:
             (Path(folder) / STATE_FILE).write_text(json.dumps(state.state_dict()))
-        files = _all_files(describe_files(Path(folder)))  # hash here, in parallel on all ranks
+        own = describe_files(Path(folder))  # hash here, in parallel on all ranks
+        written = sum(entry["size"] for entry in own.values())
+        files = _all_files(own)
         if rank == 0:  # last file of the folder: the checkpoint is complete once it is valid
             write_manifest(Path(folder), files, {**facts, **state.summary()})
         ray.train.report(
@@ -90,6 +92,7 @@ def save_and_report(
             dist.barrier()
         if rank == 0:
             prune_checkpoints(storage, keep)
+    return written
 
 
 def choose_resume_checkpoint(storage: Folder, rank: int) -> Folder | None:

@@ -25,7 +25,9 @@ from mmpretrain.data.pipeline import build_dataset, training_shards
 from mmpretrain.data.shards import expand_shards
 from mmpretrain.data.tokenizer import load_tokenizer
 from mmpretrain.errors import ResourceError
+from mmpretrain.metrics import scrape_targets
 from mmpretrain.train.loop import train_loop_per_worker
+from mmpretrain.train.progress import console
 
 DATA_CPUS_EMBEDDED = 2  # logical CPUs left to Ray Data in an embedded cluster
 RAY_RUN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of a run
@@ -156,6 +158,8 @@ def run_training(cfg: RunConfig) -> TrainResult:
     connect(cfg)
     check_resources(cfg)
     check_storage_is_shared(cfg)
+    targets = scrape_targets(ray.nodes(), cfg.observe.metrics_port, cfg.observe.metrics_host)
+    console("metrics for Prometheus:\n  " + "\n  ".join(targets))
     (storage / "config.yaml").write_text(cfg.to_yaml())
     # Where to resume is decided from the run directory's manifests (train/checkpoint.py), not
     # from Ray's record of the run, which lists checkpoints that retention deleted or that were

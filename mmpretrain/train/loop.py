@@ -10,6 +10,7 @@ evaluation at the end.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import ray.train
@@ -21,6 +22,7 @@ from mmpretrain.data import quality, resume_filter
 from mmpretrain.data.pipeline import collate_batch
 from mmpretrain.data.tokenizer import load_tokenizer
 from mmpretrain.evaluate.report import format_table
+from mmpretrain.metrics import TrainMetrics
 from mmpretrain.train.audit import SampleKeyLog
 from mmpretrain.train.builder import build_training_task
 from mmpretrain.train.checkpoint import (
@@ -119,6 +121,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     has_val = "val" in loop_config.get("datasets", ())
     train_split = ray.train.get_dataset_shard("train")
     counts: dict[str, int] = {}
+    # Prometheus metrics through Ray's node endpoint (and observe.metrics_port on rank 0).
+    metrics = TrainMetrics.for_worker(
+        cfg.train.run_name, rank, cfg.observe.metrics_port, cfg.observe.metrics_host
+    )
     while state.step < last_step:
         _start_pass(loop_config.get("resume_filter"), state.position, rank)
         batches_this_epoch = 0
@@ -130,6 +136,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             local_shuffle_seed=cfg.train.seed + 1000 * state.epoch + rank,
         ):
             batches_this_epoch += 1
+            metrics.batch_arrived()
             torch.manual_seed(_draw_seed(cfg.train.seed, rank, state.samples_seen))
             images = batch["image"].to(device, non_blocking=True)
             input_ids = batch["input_ids"].to(device, non_blocking=True)
@@ -139,6 +146,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             engine.backward(losses["loss"])
             boundary = engine.is_gradient_accumulation_boundary()  # ask before step() moves on
             engine.step()
+            metrics.on_batch(len(images), attention_mask)
             state.samples_seen += len(images) * world
             state.position.record(batch["url"], batch["key"])
             if keys_log is not None:
@@ -147,6 +155,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 continue
             state.step += 1
             update_momentum_encoder(engine.module, cfg.objectives.momentum)
+            metrics.on_step()
 
             if state.step % cfg.train.log_every == 0 or state.step == last_step:
                 values = _mean_across_ranks(losses)  # collective: every rank joins
@@ -156,21 +165,26 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 values.update(counts, bad_fraction=quality.bad_fraction(counts))
                 if progress is not None:
                     progress.log(state.step, state.samples_seen, values)
+                metrics.on_log(values, engine.get_global_grad_norm(), counts)
                 quality.check_bad_fraction(counts, cfg.data.max_bad_fraction)
 
             if state.step % cfg.train.checkpoint_every == 0 or state.step == last_step:
                 average_buffers(engine.module)  # BatchNorm statistics of all ranks' data
                 state.position = gather_position(state.position)  # what all ranks consumed
                 # The data-quality books ride along, so Ray's result metrics carry them too.
-                metrics = {"loss": losses["loss"].item(), **counts}
-                save_and_report(
-                    engine, state, metrics, rank, facts, storage, cfg.train.keep_checkpoints
+                reported = {"loss": losses["loss"].item(), **counts}
+                started = time.perf_counter()
+                written = save_and_report(
+                    engine, state, reported, rank, facts, storage, cfg.train.keep_checkpoints
                 )
+                metrics.on_checkpoint(time.perf_counter() - started, written)
                 push_logs(cfg.run_dir, storage, rank, keys_path)
 
             periodic = has_val and cfg.eval.every and state.step % cfg.eval.every == 0
             if periodic and state.step < cfg.train.max_steps:  # the last one follows the loop
-                _evaluate_and_report(engine, cfg, tokenizer, device, state.step, rank)
+                metrics.on_eval(
+                    _evaluate_and_report(engine, cfg, tokenizer, device, state.step, rank)
+                )
 
             if state.step >= last_step:
                 break
@@ -186,9 +200,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # Held-out evaluation at the end (collective: every rank takes its stripe of the work);
     # not when train.stop_at paused the run early.
     if has_val and state.step >= cfg.train.max_steps:
-        metrics = _evaluate_and_report(engine, cfg, tokenizer, device, state.step, rank)
+        results = _evaluate_and_report(engine, cfg, tokenizer, device, state.step, rank)
+        metrics.on_eval(results)
         if rank == 0:
-            (cfg.run_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
+            (cfg.run_dir / "eval.json").write_text(json.dumps(results, indent=2))
     push_logs(cfg.run_dir, storage, rank, keys_path)
 
 
