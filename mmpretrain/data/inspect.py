@@ -7,6 +7,7 @@ Runs the same per-sample rules as the training pipeline (``prepare_sample``), so
 from __future__ import annotations
 
 import io
+import sys
 import tarfile
 import zlib
 from collections import Counter
@@ -82,7 +83,11 @@ def _distribution(values: list[int]) -> dict[str, float]:
 
 def inspect_shards(pattern: str, rules: SampleRules) -> dict[str, Any]:
     """A JSON-ready report: per shard and in total, counts by reason and distributions."""
-    shards = [inspect_shard(path, rules) for path in expand_shards(pattern)]
+    from tqdm import tqdm  # a progress bar on a terminal, as `data convert` shows
+
+    paths = expand_shards(pattern)
+    bar = tqdm(paths, unit="shard", desc="inspect", disable=not sys.stderr.isatty())
+    shards = [inspect_shard(path, rules) for path in bar]
     total: Counter = Counter()
     extensions: Counter = Counter()
     words: list[int] = []

@@ -19,6 +19,7 @@ from ray.data import DataContext, ExecutionOptions
 from ray.train.torch import TorchTrainer
 
 from mmpretrain.config import RunConfig, config_from_dict
+from mmpretrain.console import Ticker, elapsed_status
 from mmpretrain.data.pipeline import build_dataset
 from mmpretrain.data.shards import expand_shards
 from mmpretrain.data.tokenizer import load_tokenizer
@@ -80,7 +81,9 @@ def run_evaluation(
                 execution_options={"val": ExecutionOptions(preserve_order=True)},
             ),
         )
-        result = trainer.fit()
+        status = elapsed_status(f"eval: {len(shards)} shards on {cfg.train.min_workers} workers")
+        with Ticker(status):
+            result = trainer.fit()
         if result.checkpoint is None:
             raise RuntimeError("the evaluation workers reported no results")
         with result.checkpoint.as_directory() as folder:

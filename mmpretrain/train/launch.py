@@ -20,6 +20,7 @@ from ray.train.torch import TorchTrainer
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from mmpretrain.config import ConfigError, RunConfig
+from mmpretrain.console import Ticker, TrainingWatch
 from mmpretrain.data import quality, resume_filter
 from mmpretrain.data.pipeline import build_dataset, training_shards
 from mmpretrain.data.shards import expand_shards
@@ -183,6 +184,8 @@ def run_training(cfg: RunConfig) -> TrainResult:
         datasets["val"] = build_dataset(val_shards, cfg.data)
 
     # The held-out set is read whole and in order by every worker (see train/evaluation.py).
+    # On a terminal the driver draws one updating status line from rank 0's metrics.jsonl.
+    live = Ticker(TrainingWatch(run_dir / "metrics.jsonl", cfg.train.max_steps))
     val_options = ExecutionOptions(preserve_order=True)
     train_options = ray.train.DataConfig.default_ingest_options()
     train_options.preserve_order = cfg.train.deterministic  # else blocks go as they finish
@@ -193,6 +196,7 @@ def run_training(cfg: RunConfig) -> TrainResult:
             "datasets": sorted(datasets),
             "quality_counter": train_counter,
             "resume_filter": skip_list,
+            "progress_lines": not live.line.enabled,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=(
@@ -222,7 +226,8 @@ def run_training(cfg: RunConfig) -> TrainResult:
         ),
     )
     try:
-        result = trainer.fit()
+        with live:
+            result = trainer.fit()
     except ray.train.TrainingFailedError as exc:
         # Say why in our words when the workers stopped on bad data or never started.
         quality.check_bad_fraction(quality.snapshot(train_counter), cfg.data.max_bad_fraction)

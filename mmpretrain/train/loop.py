@@ -117,7 +117,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     keys_path = keys_log.path if keys_log is not None else None
     last_step = cfg.train.last_step
 
-    progress = ProgressLog(cfg.run_dir, cfg.train.max_steps, state.step) if rank == 0 else None
+    progress = None
+    if rank == 0:
+        printed = loop_config.get("progress_lines", True)  # else the driver draws a live line
+        progress = ProgressLog(cfg.run_dir, cfg.train.max_steps, state.step, printed)
     has_val = "val" in loop_config.get("datasets", ())
     train_split = ray.train.get_dataset_shard("train")
     counts: dict[str, int] = {}

@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mmpretrain.console import duration, loss_summary
+
 
 def console(line: str) -> None:
     """Writes a line to stdout once.
@@ -19,14 +21,10 @@ def console(line: str) -> None:
     sys.stdout.flush()
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
-
-
 class ProgressLog:
-    def __init__(self, run_dir: Path, max_steps: int, start_step: int):
+    def __init__(self, run_dir: Path, max_steps: int, start_step: int, print_lines: bool = True):
+        """``print_lines`` False when the driver draws a live line from ``metrics.jsonl``."""
+        self.print_lines = print_lines
         self.path = run_dir / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_steps = max_steps
@@ -52,18 +50,17 @@ class ProgressLog:
             row["samples_per_second"] = round(samples_done / elapsed, 2)
         with self.path.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
-        eta = elapsed / steps_done * (self.max_steps - step) if steps_done > 0 else 0.0
-        losses = " ".join(
-            f"{k.removeprefix('loss_')} {v:.3f}" for k, v in values.items() if k.startswith("loss_")
-        )
-        speed = (
-            f"{row['samples_per_second']:.1f} samples/s"
-            if "samples_per_second" in row
-            else "warming up"
-        )
-        console(
-            f"step {step}/{self.max_steps} | loss {values['loss']:.3f} ({losses}) | "
-            f"lr {values.get('lr', 0.0):.2e} | {speed} | ETA {_duration(eta)}"
-        )
+        if self.print_lines:
+            eta = elapsed / steps_done * (self.max_steps - step) if steps_done > 0 else 0.0
+            speed = (
+                f"{row['samples_per_second']:.1f} samples/s"
+                if "samples_per_second" in row
+                else "warming up"
+            )
+            console(
+                f"step {step}/{self.max_steps} | loss {values['loss']:.3f} "
+                f"({loss_summary(values)}) | lr {values.get('lr', 0.0):.2e} | {speed} | "
+                f"ETA {duration(eta)}"
+            )
         self.last_time, self.last_step, self.last_samples = now, step, samples_seen
         return row
