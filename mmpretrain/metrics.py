@@ -105,6 +105,8 @@ class _Metric:
         self.local = _local_metric(spec, keys, registry) if registry is not None else None
 
     def record(self, value: float, **labels: str) -> None:
+        if self.spec.kind == "counter" and value <= 0:
+            return  # nothing to add (a rank that wrote no file); Ray's Counter refuses 0
         method = RECORD[self.spec.kind]
         if self.ray is not None:
             getattr(self.ray, method)(value, tags={**self.default, **labels})

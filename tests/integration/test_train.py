@@ -97,9 +97,11 @@ def test_zero2_run_learns_checkpoints_every_rank_and_resumes(synth_data, tmp_pat
     history = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
     assert [row["step"] for row in history] == [CHECKPOINT_EVERY, FIRST]  # eval.every + final
     assert history[-1] == evaluation
-    # 64 small steps lift recall@1 to about 5x chance; 3x leaves room for run-to-run noise.
+    # 64 small steps lift recall to several times chance. Recall@1 rests on 96 single hits and
+    # varies run to run (2 to 6 hits seen), so the firm bound is on recall@5.
     for direction in ("i2t", "t2i"):
-        assert evaluation[f"{direction}_recall@1"] >= 3 * chance, evaluation
+        assert evaluation[f"{direction}_recall@1"] > chance, evaluation
+        assert evaluation[f"{direction}_recall@5"] >= 3 * evaluation["chance@5"], evaluation
         assert evaluation[f"{direction}_recall@10"] >= 2 * evaluation["chance@10"], evaluation
 
     # 2. The same command with a later max_steps continues from the last checkpoint.
