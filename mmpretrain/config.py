@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from mmpretrain.storage import Folder, is_uri
+
 PRESET_DIR = Path(__file__).parent / "configs"
 
 
@@ -502,18 +504,16 @@ class RunConfig:
     observe: ObserveConfig = field(default_factory=ObserveConfig)
 
     @property
-    def run_storage(self):  # -> mmpretrain.train.storage.Folder
+    def run_storage(self) -> Folder:
         """The run directory in train.storage_path (a path or an object-store URI): where
         checkpoints, the resolved config and (copied at each checkpoint) the logs live."""
-        from mmpretrain.train.storage import Folder
-
         return Folder.of(self.train.storage_path) / self.train.run_name
 
     @property
     def run_dir(self) -> Path:
         """The local folder a run writes its logs to (metrics.jsonl, eval.json): the run
         directory itself on local or shared storage, a local mirror of it for URIs."""
-        if "://" in self.train.storage_path:
+        if is_uri(self.train.storage_path):
             where = hashlib.sha256(self.train.storage_path.encode()).hexdigest()[:12]
             return Path(tempfile.gettempdir()) / "mmpretrain-runs" / where / self.train.run_name
         return Path(self.train.storage_path).expanduser().resolve() / self.train.run_name
@@ -576,7 +576,7 @@ class RunConfig:
 
 def _absolute(path: str | None) -> str | None:
     """Local paths and patterns made absolute (text only, so globs and braces survive)."""
-    if not path or "://" in path:
+    if not path or is_uri(path):
         return path
     return os.path.abspath(os.path.expanduser(path))
 

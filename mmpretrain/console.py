@@ -17,6 +17,16 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def console(line: str) -> None:
+    """Writes a line to stdout once.
+
+    Ray Train patches ``print`` in workers to tee into its logger as well, which the driver then
+    shows twice; writing to the stream directly keeps one copy.
+    """
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def duration(seconds: float) -> str:
     seconds = int(max(0, seconds))
     hours, rest = divmod(seconds, 3600)

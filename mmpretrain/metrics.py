@@ -24,8 +24,8 @@ import prometheus_client
 import psutil
 import torch
 
+from mmpretrain.console import console
 from mmpretrain.data.quality import SKIPPED_PREFIX
-from mmpretrain.train.progress import console
 
 RAY_PREFIX = "ray_"  # what Ray 2.60's metrics agent puts before every application metric
 STEP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

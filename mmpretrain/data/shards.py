@@ -7,6 +7,7 @@ key). Writing tars ourselves with a fixed mtime keeps shards byte-identical for 
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import glob
 import io
@@ -17,6 +18,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 import braceexpand
+import pyarrow
+
+from mmpretrain.storage import Folder, is_uri
 
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 
@@ -25,39 +29,23 @@ class ShardPatternError(FileNotFoundError):
     """A shard pattern that names no readable shard; raised before any Ray work starts."""
 
 
-def is_uri(pattern: str) -> bool:
-    return "://" in pattern
-
-
 def _expand_uri(part: str, pattern: str) -> list[str]:
     """One brace-expanded part of an object-store (s3://, gs://, file://...) pattern."""
-    import fnmatch
-
-    import pyarrow.fs
-
-    scheme = part.split("://", 1)[0]
     has_glob = any(ch in part for ch in "*?[")
-    folder_uri = part.rsplit("/", 1)[0] if has_glob else part
+    folder_uri, wanted = part.rsplit("/", 1) if has_glob else (part, None)
     try:
-        filesystem, folder = pyarrow.fs.FileSystem.from_uri(folder_uri)
+        folder = Folder.of(folder_uri)
+        if not has_glob and folder.is_file():
+            return [part]
+        names = folder.file_names() if folder.is_dir() else None
     except (pyarrow.ArrowInvalid, OSError) as exc:
         raise ShardPatternError(f"shard pattern {pattern!r}: {exc}") from exc
-    info = filesystem.get_file_info(folder)
-    if info.type == pyarrow.fs.FileType.File and not has_glob:
-        return [part]
-    if info.type != pyarrow.fs.FileType.Directory:
+    if names is None:
         raise ShardPatternError(f"shard {part!r} from pattern {pattern!r} does not exist")
-    listing = filesystem.get_file_info(pyarrow.fs.FileSelector(folder))
-    names = sorted(entry.path for entry in listing if entry.type == pyarrow.fs.FileType.File)
-    wanted = part.rsplit("/", 1)[1] if has_glob else None
     return [
-        f"{scheme}://{name}"  # s3/gs paths are "bucket/key"; local ones start with "/"
-        for name in names
-        if (
-            fnmatch.fnmatch(name.rsplit("/", 1)[-1], wanted)
-            if wanted
-            else name.endswith(SHARD_SUFFIXES)
-        )
+        f"{folder}/{name}"
+        for name in sorted(names)
+        if (fnmatch.fnmatch(name, wanted) if wanted else name.endswith(SHARD_SUFFIXES))
     ]
 
 
@@ -146,10 +134,7 @@ def iter_tar_samples(fileobj: BinaryIO) -> Iterator[tuple[str, dict[str, bytes]]
 def iter_shard(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Samples of one shard given as a local path or an object-store URI."""
     if is_uri(str(path)):
-        import pyarrow.fs
-
-        filesystem, inner = pyarrow.fs.FileSystem.from_uri(str(path))
-        with filesystem.open_input_stream(inner) as handle:
+        with Folder.of(str(path)).open_input() as handle:
             yield from iter_tar_samples(handle)
         return
     with open(path, "rb") as handle:
@@ -174,8 +159,3 @@ def shard_keys(path: str) -> frozenset[str] | None:
     except (tarfile.TarError, EOFError, OSError, zlib.error):
         return None
     return frozenset(keys)
-
-
-def read_shard(path: str | Path) -> dict[str, dict[str, bytes]]:
-    """Reads a shard into ``{key: {extension: bytes}}``; for inspection and tests."""
-    return dict(iter_shard(path))

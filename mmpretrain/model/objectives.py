@@ -11,6 +11,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from mmpretrain import distributed
+
 IGNORE_INDEX = -100
 
 
@@ -43,14 +45,14 @@ def gather_with_grad(x_BD: torch.Tensor) -> torch.Tensor:
     Requires equal batch sizes on every rank, which the trainer guarantees (equal data splits,
     drop_last). Single-process runs get ``x`` back unchanged.
     """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not distributed.is_distributed():
         return x_BD
     return _GatherWithGrad.apply(x_BD)
 
 
 def gather_no_grad(x_B: torch.Tensor) -> torch.Tensor:
     """Concatenates ``x`` from all ranks (rank order), for values no gradient flows through."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not distributed.is_distributed():
         return x_B
     parts = [torch.empty_like(x_B) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, x_B.contiguous())
@@ -59,8 +61,7 @@ def gather_no_grad(x_B: torch.Tensor) -> torch.Tensor:
 
 def global_rows(batch: int, device: torch.device) -> torch.Tensor:
     """Indices of this rank's rows in the gathered global batch."""
-    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-    return torch.arange(batch, device=device) + rank * batch
+    return torch.arange(batch, device=device) + distributed.rank() * batch
 
 
 def soft_cross_entropy(logits_BC: torch.Tensor, targets_BC: torch.Tensor) -> torch.Tensor:

@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import ray.train
-import torch.distributed as dist
 
+from mmpretrain import distributed
+from mmpretrain.console import console
 from mmpretrain.errors import CheckpointError
+from mmpretrain.storage import Folder
 from mmpretrain.train.elastic import ResumeSource, restore_module_extras
 from mmpretrain.train.manifest import (
     describe_files,
@@ -27,9 +29,7 @@ from mmpretrain.train.manifest import (
     set_aside,
     write_manifest,
 )
-from mmpretrain.train.progress import console
 from mmpretrain.train.state import TrainState
-from mmpretrain.train.storage import Folder
 
 STATE_FILE = "train_state.json"
 
@@ -44,12 +44,8 @@ def config_digest(config_yaml: str) -> str:
 
 def _all_files(files: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Every rank's file list merged into one (collective)."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return files
-    gathered: list[dict[str, dict[str, Any]]] = [{} for _ in range(dist.get_world_size())]
-    dist.all_gather_object(gathered, files)
     merged: dict[str, dict[str, Any]] = {}
-    for part in gathered:
+    for part in distributed.gather_objects(files):
         merged.update(part)
     return merged
 
@@ -88,8 +84,7 @@ def save_and_report(
         # report() uploads synchronously, so once every rank is past it the new checkpoint is
         # whole and counts among the kept ones (without the barrier it could still look
         # incomplete to rank 0, and one checkpoint too many would stay).
-        if dist.is_initialized():
-            dist.barrier()
+        distributed.barrier()
         if rank == 0:
             prune_checkpoints(storage, keep)
     return written
@@ -101,7 +96,7 @@ def choose_resume_checkpoint(storage: Folder, rank: int) -> Folder | None:
     Read from the run directory rather than from Ray's record of the run, so a run whose
     driver was killed, or whose newest checkpoint is damaged, still resumes from the best one.
     """
-    holder: list[str | None] = [None]
+    chosen_path: str | None = None
     if rank == 0:
         chosen, skipped = newest_complete(storage)
         for status in skipped:
@@ -111,10 +106,9 @@ def choose_resume_checkpoint(storage: Folder, rank: int) -> Folder | None:
                 f"warning: checkpoint {status.path.name} is incomplete ({status.reason}); "
                 f"{fallback} (kept as {moved.name})"
             )
-        holder = [str(chosen.path) if chosen else None]
-    if dist.is_initialized():
-        dist.broadcast_object_list(holder, src=0)
-    return Folder.of(holder[0]) if holder[0] else None
+        chosen_path = str(chosen.path) if chosen else None
+    chosen_path = distributed.broadcast_from_rank0(chosen_path)
+    return Folder.of(chosen_path) if chosen_path else None
 
 
 def restore(engine: Any, source: ResumeSource) -> TrainState:

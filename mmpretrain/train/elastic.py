@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
+from mmpretrain import distributed
 from mmpretrain.errors import CheckpointError
+from mmpretrain.storage import Folder
 from mmpretrain.train.manifest import MANIFEST
-from mmpretrain.train.storage import Folder
 
 UNIVERSAL_DIR = "universal"
 CONVERTED_MARKER = "converted.json"  # written last: a conversion cut short is redone
@@ -69,20 +69,17 @@ def plan_resume(
             f"any world size), but not to or from stage 0: set train.zero_stage={saved_stage}"
         )
     target = target / checkpoint.name
-    failure: list[str | None] = [None]
+    failure: str | None = None
     if converter and not (target / CONVERTED_MARKER).is_file():
         try:
             convert_to_universal(local, tag, target)
         except Exception as exc:  # reported to every rank below, then raised
-            failure = [f"{type(exc).__name__}: {exc}"]
-    if dist.is_initialized():
-        failures: list[str | None] = [None] * dist.get_world_size()
-        dist.all_gather_object(failures, failure[0])
-        failure = [next((f for f in failures if f is not None), None)]
-    if failure[0] is not None:
+            failure = f"{type(exc).__name__}: {exc}"
+    failures = [f for f in distributed.gather_objects(failure) if f is not None]
+    if failures:
         raise CheckpointError(
             f"converting {checkpoint} (world size {saved_world}, ZeRO stage {saved_stage}) to "
-            f"DeepSpeed's universal format for world size {world} failed: {failure[0]}"
+            f"DeepSpeed's universal format for world size {world} failed: {failures[0]}"
         )
     return ResumeSource(checkpoint, target, tag, universal=True)
 

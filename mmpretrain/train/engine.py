@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mmpretrain import distributed
 from mmpretrain.config import RunConfig
 from mmpretrain.train.schedule import warmup_cosine
 
@@ -110,11 +111,8 @@ def average_buffers(module: nn.Module) -> None:
     different statistics. Called before every checkpoint and evaluation (as timm's
     ``distribute_bn``); parameters need no such step, the optimizer keeps them identical.
     """
-    import torch.distributed as dist
-
-    if not dist.is_initialized() or dist.get_world_size() == 1:
+    if not distributed.is_distributed():
         return
     for buffer in module.buffers():
         if buffer.is_floating_point():
-            dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
-            buffer.div_(dist.get_world_size())
+            distributed.mean_across_ranks(buffer)

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
+from mmpretrain import distributed
 from mmpretrain.config import RunConfig
 from mmpretrain.data.pipeline import collate_batch
 from mmpretrain.data.tokenizer import CaptionTokenizer
@@ -41,34 +41,15 @@ class HeldOutFeatures:
     labels: list[str]
 
 
-def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _max_across_ranks(value: int) -> int:
-    if not (dist.is_available() and dist.is_initialized()):
-        return value
-    holder = torch.tensor([value])
-    dist.all_reduce(holder, op=dist.ReduceOp.MAX)
-    return int(holder.item())
-
-
 def _gather_lists(items: list[Any]) -> list[Any]:
-    _, world = _rank_world()
-    if world == 1:
-        return items
-    gathered: list[list[Any]] = [[] for _ in range(world)]
-    dist.all_gather_object(gathered, items)
-    return [item for part in gathered for item in part]
+    return [item for part in distributed.gather_objects(items) for item in part]
 
 
 @torch.no_grad()
 def collect_features(
     encoder: FusedEncoder, val_data: Any, batch_size: int, device: torch.device
 ) -> HeldOutFeatures:
-    rank, world = _rank_world()
+    rank, world = distributed.rank(), distributed.world_size()
     mine: list[tuple[int, dict[str, Any]]] = []
     spare: dict[str, Any] | None = None  # any batch, to pad this rank's forward count with
 
@@ -92,7 +73,7 @@ def collect_features(
         spare = spare or batch
         if index % world == rank:
             mine.append((index, encode(batch)))
-    for _ in range(_max_across_ranks(len(mine)) - len(mine)):
+    for _ in range(distributed.max_across_ranks(len(mine)) - len(mine)):
         if spare is not None:
             encode(spare)
 
@@ -121,7 +102,7 @@ def match_scores(
 ) -> torch.Tensor:
     """ITM probability that image ``image_index[p]`` and caption ``text_index[p]`` belong
     together, for every pair p, with the pairs split across ranks in chunks."""
-    rank, world = _rank_world()
+    rank, world = distributed.rank(), distributed.world_size()
     chunks = max(1, -(-len(image_index_P) // chunk))
     scores: list[tuple[int, torch.Tensor]] = []
     for round_index in range(-(-chunks // world)):

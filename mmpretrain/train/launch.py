@@ -20,7 +20,7 @@ from ray.train.torch import TorchTrainer
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from mmpretrain.config import ConfigError, RunConfig
-from mmpretrain.console import Ticker, TrainingWatch
+from mmpretrain.console import Ticker, TrainingWatch, console
 from mmpretrain.data import quality, resume_filter
 from mmpretrain.data.pipeline import build_dataset, training_shards
 from mmpretrain.data.shards import expand_shards
@@ -28,7 +28,6 @@ from mmpretrain.data.tokenizer import load_tokenizer
 from mmpretrain.errors import ResourceError
 from mmpretrain.metrics import scrape_targets
 from mmpretrain.train.loop import train_loop_per_worker
-from mmpretrain.train.progress import console
 
 DATA_CPUS_EMBEDDED = 2  # logical CPUs left to Ray Data in an embedded cluster
 RAY_RUN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of a run

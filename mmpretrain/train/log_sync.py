@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mmpretrain.storage import Folder
 from mmpretrain.train.audit import FOLDER as SAMPLE_KEYS
-from mmpretrain.train.storage import Folder
 
 LOG_FILES = ("metrics.jsonl", "eval.jsonl", "eval.json")
 

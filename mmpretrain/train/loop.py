@@ -15,9 +15,10 @@ from typing import Any
 
 import ray.train
 import torch
-import torch.distributed as dist
 
+from mmpretrain import distributed
 from mmpretrain.config import RunConfig, config_from_dict
+from mmpretrain.console import console
 from mmpretrain.data import quality, resume_filter
 from mmpretrain.data.pipeline import collate_batch
 from mmpretrain.data.tokenizer import load_tokenizer
@@ -36,7 +37,7 @@ from mmpretrain.train.engine import average_buffers, build_engine, update_moment
 from mmpretrain.train.evaluation import evaluate
 from mmpretrain.train.log_sync import pull_logs, push_logs
 from mmpretrain.train.position import DataPosition, gather_position
-from mmpretrain.train.progress import ProgressLog, console
+from mmpretrain.train.progress import ProgressLog
 from mmpretrain.train.state import TrainState
 
 
@@ -47,10 +48,7 @@ class EmptyEpochError(RuntimeError):
 def _mean_across_ranks(values: dict[str, torch.Tensor]) -> dict[str, float]:
     names = sorted(values)
     stacked = torch.stack([values[name].detach().float().cpu() for name in names])
-    if dist.is_initialized():
-        dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
-        stacked /= dist.get_world_size()
-    return dict(zip(names, stacked.tolist(), strict=True))
+    return dict(zip(names, distributed.mean_across_ranks(stacked).tolist(), strict=True))
 
 
 def _shared_quality_counts(counter: str | None, rank: int) -> dict[str, int]:
@@ -59,10 +57,9 @@ def _shared_quality_counts(counter: str | None, rank: int) -> dict[str, int]:
     Every rank must judge data.max_bad_fraction on identical numbers, or one rank would stop
     while the others wait for it in a collective.
     """
-    holder: list[dict[str, int]] = [quality.snapshot(counter) if rank == 0 and counter else {}]
-    if dist.is_initialized():
-        dist.broadcast_object_list(holder, src=0)
-    return holder[0]
+    return distributed.broadcast_from_rank0(
+        quality.snapshot(counter) if rank == 0 and counter else {}
+    )
 
 
 def _start_pass(filter_name: str | None, position: DataPosition, rank: int) -> None:
@@ -70,8 +67,7 @@ def _start_pass(filter_name: str | None, position: DataPosition, rank: int) -> N
     (collective): nothing for a fresh epoch, what was consumed for a resumed one."""
     if filter_name and rank == 0:
         resume_filter.publish(filter_name, position.finished, position.consumed)
-    if dist.is_initialized():
-        dist.barrier()
+    distributed.barrier()
 
 
 def _draw_seed(seed: int, rank: int, samples_seen: int) -> int:

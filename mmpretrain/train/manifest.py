@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmpretrain.train.storage import Folder
+from mmpretrain.storage import Folder
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1

@@ -13,8 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch.distributed as dist
-
+from mmpretrain import distributed
 from mmpretrain.data.shards import shard_keys
 
 
@@ -83,12 +82,7 @@ class DataPosition:
 def gather_position(position: DataPosition) -> DataPosition:
     """Every rank's consumption merged and compacted (collective: all ranks get the same)."""
     merged = DataPosition(epoch=position.epoch)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        parts: list[dict[str, Any]] = [{} for _ in range(dist.get_world_size())]
-        dist.all_gather_object(parts, position.to_dict())
-        for part in parts:
-            merged.merge(DataPosition.from_dict(part))
-    else:
-        merged.merge(position)
+    for part in distributed.gather_objects(position.to_dict()):
+        merged.merge(DataPosition.from_dict(part))
     merged.compact()
     return merged

@@ -3,22 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from mmpretrain.console import duration, loss_summary
-
-
-def console(line: str) -> None:
-    """Writes a line to stdout once.
-
-    Ray Train patches ``print`` in workers to tee into its logger as well, which the driver then
-    shows twice; writing to the stream directly keeps one copy.
-    """
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+from mmpretrain.console import console, duration, loss_summary
 
 
 class ProgressLog:

@@ -7,7 +7,7 @@ import torch
 
 from mmpretrain.config import load_config
 from mmpretrain.data.pipeline import build_dataset, collate_batch
-from mmpretrain.data.shards import expand_shards, read_shard
+from mmpretrain.data.shards import expand_shards, iter_shard
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +31,9 @@ def test_pipeline_delivers_every_sample_once_with_configured_shapes(
         assert batch["attention_mask"].shape == batch["input_ids"].shape
         assert (batch["attention_mask"][:, 0] == 1).all()
         keys.extend(batch["key"])
-    expected = {key for path in expand_shards(str(synth_data["train"])) for key in read_shard(path)}
+    expected = {
+        key for path in expand_shards(str(synth_data["train"])) for key in dict(iter_shard(path))
+    }
     assert len(keys) == len(expected) and set(keys) == expected
 
 

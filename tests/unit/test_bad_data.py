@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmpretrain.data.shards import expand_shards, read_shard
+from mmpretrain.data.shards import expand_shards, iter_shard
 from mmpretrain.data.transforms import SampleRules, decode_image, preprocess_rows
 from tests.badshards import BAD_REASONS, BLUE, RED, WHITE, odd_images, write_mixed_shards
 
 
 def rows_of(path: str) -> dict[str, np.ndarray]:
     """A shard as read_webdataset(decoder=None) hands it over: one column per member kind."""
-    samples = read_shard(path)
+    samples = dict(iter_shard(path))
     columns = sorted({ext for members in samples.values() for ext in members})
     rows: dict[str, np.ndarray] = {"__key__": np.array(list(samples))}
     for ext in columns:

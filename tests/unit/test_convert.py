@@ -13,7 +13,7 @@ from PIL import Image
 
 from mmpretrain.cli import main
 from mmpretrain.data.convert import ConvertError, ConvertOptions, convert
-from mmpretrain.data.shards import expand_shards, read_shard
+from mmpretrain.data.shards import expand_shards, iter_shard
 from mmpretrain.data.transforms import SampleRules, preprocess_rows
 
 
@@ -44,7 +44,7 @@ def test_folder_converts_to_img2dataset_shards_with_sidecars(tmp_path: Path) -> 
         "00001.tar",
         "00001_stats.json",
     ]
-    samples = {k: v for path in expand_shards(str(out)) for k, v in read_shard(path).items()}
+    samples = {k: v for path in expand_shards(str(out)) for k, v in dict(iter_shard(path)).items()}
     assert len(samples) == 5
     for key, members in samples.items():
         assert set(members) == {"jpg", "txt", "json"}
@@ -77,7 +77,7 @@ def test_parquet_table_with_relative_paths_and_resize_modes(tmp_path: Path) -> N
                 resize_mode=mode, image_size=50, image_column="path", caption_column="text"
             ),
         )
-        (members,) = list(read_shard(out / "00000.tar").values())[:1]
+        (members,) = list(dict(iter_shard(out / "00000.tar")).values())[:1]
         meta = json.loads(members["json"])
         sizes[mode] = (meta["width"], meta["height"])
     assert sizes == {
@@ -107,7 +107,7 @@ def test_converted_shards_feed_the_training_preprocess(tmp_path: Path, synth_dat
         _image(tmp_path / f"{index}.png", (90, 60))
         (tmp_path / f"{index}.txt").write_text("a red square in the center")
     convert(tmp_path, tmp_path / "out", ConvertOptions())
-    samples = read_shard(tmp_path / "out" / "00000.tar")
+    samples = dict(iter_shard(tmp_path / "out" / "00000.tar"))
     rows = {
         "__key__": np.array(list(samples)),
         "jpg": np.array([m["jpg"] for m in samples.values()], dtype=object),

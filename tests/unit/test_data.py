@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmpretrain.data.shards import ShardPatternError, expand_shards, read_shard, write_shard
+from mmpretrain.data.shards import ShardPatternError, expand_shards, iter_shard, write_shard
 from mmpretrain.data.synth import SHAPES, write_synthetic_shards
 from mmpretrain.data.tokenizer import load_tokenizer
 from mmpretrain.data.transforms import decode_image
@@ -24,7 +24,7 @@ def test_synth_shards_have_the_img2dataset_layout(tmp_path: Path) -> None:
     # Members of one key are adjacent, as read_webdataset requires.
     keys = [name.split(".")[0] for name in names]
     assert keys == sorted(keys) and len(names) == 4 * 4
-    samples = read_shard(paths[0])
+    samples = dict(iter_shard(paths[0]))
     assert len(samples) == 4
     for key, members in samples.items():
         assert set(members) == {"jpg", "txt", "json", "cls"}
@@ -36,7 +36,7 @@ def test_synth_shards_have_the_img2dataset_layout(tmp_path: Path) -> None:
         assert label == first_shape
         with Image.open(io.BytesIO(members["jpg"])) as image:
             assert image.format == "JPEG" and image.size == (meta["width"], meta["height"])
-    assert len(read_shard(paths[2])) == 2
+    assert len(dict(iter_shard(paths[2]))) == 2
 
 
 def _digest(paths: list[Path]) -> str:
@@ -53,7 +53,7 @@ def test_synth_is_deterministic_for_a_seed(tmp_path: Path) -> None:
 
 def test_synth_captions_describe_the_image(tmp_path: Path) -> None:
     (path,) = write_synthetic_shards(tmp_path, samples=50, shard_size=50, seed=0)
-    captions = [m["txt"].decode() for m in read_shard(path).values()]
+    captions = [m["txt"].decode() for m in dict(iter_shard(path)).values()]
     assert all(
         any(
             c in caption
@@ -128,6 +128,6 @@ def test_object_store_uris_go_through_pyarrow_file_systems(tmp_path: Path) -> No
     assert expand_shards(uri) == names
     assert expand_shards(f"{uri}/*.tar") == names
     assert expand_shards(f"{uri}/{{00000..00001}}.tar") == names[:2]
-    assert read_shard(names[1]) == read_shard(tmp_path / "00001.tar")
+    assert dict(iter_shard(names[1])) == dict(iter_shard(tmp_path / "00001.tar"))
     with pytest.raises(ShardPatternError, match=r"00009\.tar.*does not exist"):
         expand_shards(f"{uri}/00009.tar")

@@ -73,9 +73,6 @@ class Folder:
     def is_file(self) -> bool:
         return self._type() == pafs.FileType.File
 
-    def size(self) -> int:
-        return self.fs.get_file_info(self.path).size
-
     def read_bytes(self) -> bytes:
         with self.fs.open_input_stream(self.path) as handle:
             return handle.read()
@@ -99,6 +96,11 @@ class Folder:
             for info in infos
             if info.type == pafs.FileType.File
         }
+
+    def file_names(self) -> list[str]:
+        """Names of the files directly in this folder (not below it)."""
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path))
+        return [posixpath.basename(i.path) for i in infos if i.type == pafs.FileType.File]
 
     def subfolders(self) -> list[Folder]:
         if not self.is_dir():
