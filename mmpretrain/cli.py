@@ -248,11 +248,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "eval":
             return _evaluate(args)
         elif args.command == "export":
-            from mmpretrain.train.export import export
+            from mmpretrain.train.checkpoint.export import export
 
             print(f"exported to {export(args.checkpoint, args.out)}")
         elif args.command == "checkpoints":
-            from mmpretrain.train.manifest import format_listing, list_checkpoints
+            from mmpretrain.train.checkpoint.manifest import format_listing, list_checkpoints
 
             print(format_listing(list_checkpoints(args.run)))  # a path or a URI
         elif args.command == "report":

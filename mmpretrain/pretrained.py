@@ -21,7 +21,11 @@ from mmpretrain.data.tokenizer import CaptionTokenizer, load_tokenizer
 from mmpretrain.data.transforms import centre_square, flatten_to_rgb
 from mmpretrain.model import FusedEncoder
 from mmpretrain.train.builder import build_encoder
-from mmpretrain.train.consolidate import load_encoder_state, resolve_weights, source_config
+from mmpretrain.train.checkpoint.consolidate import (
+    load_encoder_state,
+    resolve_weights,
+    source_config,
+)
 
 ImageInput = Image.Image | str | Path | bytes | np.ndarray
 

@@ -218,15 +218,6 @@ class PretrainingTask(nn.Module):
             return iter(())
         return zip(self.momentum_encoder.parameters(), self.encoder.parameters(), strict=True)
 
-    @torch.no_grad()
-    def embed(
-        self, images_BHWC: torch.Tensor, input_ids_BL: torch.Tensor, attention_mask_BL: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Unit ITC embeddings of images and captions, for retrieval evaluation."""
-        _, image_emb_BE = self.encoder.encode_image(images_BHWC)
-        _, text_emb_BE = self.encoder.encode_text(input_ids_BL, attention_mask_BL)
-        return image_emb_BE, text_emb_BE
-
 
 def build_task(
     model: ModelConfig, objectives: ObjectivesConfig, tokens: TokenIds, max_text_len: int

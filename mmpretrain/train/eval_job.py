@@ -20,12 +20,16 @@ from ray.train.torch import TorchTrainer
 
 from mmpretrain.config import RunConfig, config_from_dict
 from mmpretrain.console import Ticker, elapsed_status
-from mmpretrain.data.pipeline import build_dataset
+from mmpretrain.data.pipeline import build_dataset, collate_batch
 from mmpretrain.data.shards import expand_shards
 from mmpretrain.data.tokenizer import load_tokenizer
+from mmpretrain.evaluate.heldout import evaluate
 from mmpretrain.train.builder import build_encoder
-from mmpretrain.train.consolidate import load_encoder_state, resolve_weights, source_config
-from mmpretrain.train.evaluation import evaluate
+from mmpretrain.train.checkpoint.consolidate import (
+    load_encoder_state,
+    resolve_weights,
+    source_config,
+)
 from mmpretrain.train.launch import check_resources, connect
 
 RESULT_FILE = "metrics.json"
@@ -40,9 +44,10 @@ def eval_loop_per_worker(loop_config: dict[str, Any]) -> None:
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     encoder = build_encoder(cfg, tokenizer)
     encoder.load_state_dict(ray.get(loop_config["weights"]))
-    metrics = evaluate(
-        encoder.to(device), ray.train.get_dataset_shard("val"), cfg, tokenizer, device
+    held_out = ray.train.get_dataset_shard("val").iter_torch_batches(
+        batch_size=cfg.data.batch_size, collate_fn=collate_batch
     )
+    metrics = evaluate(encoder.to(device), held_out, cfg, tokenizer, device)
     # Ray Train V2 hands the driver only metrics that come with a checkpoint, so rank 0 attaches
     # a small one holding the results (every rank has the same metrics).
     with tempfile.TemporaryDirectory(prefix="mmpretrain-eval-result-") as folder:

@@ -7,6 +7,7 @@ retries forever.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import uuid
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from mmpretrain.data.shards import expand_shards
 from mmpretrain.data.tokenizer import load_tokenizer
 from mmpretrain.errors import ResourceError
 from mmpretrain.metrics import scrape_targets
-from mmpretrain.train.loop import train_loop_per_worker
+from mmpretrain.train.loop import LoopSettings, train_loop_per_worker
 
 DATA_CPUS_EMBEDDED = 2  # logical CPUs left to Ray Data in an embedded cluster
 RAY_RUN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of a run
@@ -182,7 +183,7 @@ def run_training(cfg: RunConfig) -> TrainResult:
     if val_shards:
         datasets["val"] = build_dataset(val_shards, cfg.data)
 
-    # The held-out set is read whole and in order by every worker (see train/evaluation.py).
+    # The held-out set is read whole and in order by every worker (see evaluate/heldout.py).
     # On a terminal the driver draws one updating status line from rank 0's metrics.jsonl.
     live = Ticker(TrainingWatch(run_dir / "metrics.jsonl", cfg.train.max_steps))
     val_options = ExecutionOptions(preserve_order=True)
@@ -190,13 +191,15 @@ def run_training(cfg: RunConfig) -> TrainResult:
     train_options.preserve_order = cfg.train.deterministic  # else blocks go as they finish
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={
-            "config": cfg.to_dict(),
-            "datasets": sorted(datasets),
-            "quality_counter": train_counter,
-            "resume_filter": skip_list,
-            "progress_lines": not live.line.enabled,
-        },
+        train_loop_config=dataclasses.asdict(
+            LoopSettings(
+                config=cfg.to_dict(),
+                datasets=sorted(datasets),
+                quality_counter=train_counter,
+                resume_filter=skip_list,
+                progress_lines=not live.line.enabled,
+            )
+        ),
         scaling_config=ray.train.ScalingConfig(
             num_workers=(
                 cfg.train.num_workers

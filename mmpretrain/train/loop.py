@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import ray.train
@@ -22,23 +23,38 @@ from mmpretrain.console import console
 from mmpretrain.data import quality, resume_filter
 from mmpretrain.data.pipeline import collate_batch
 from mmpretrain.data.tokenizer import load_tokenizer
+from mmpretrain.evaluate.heldout import evaluate
 from mmpretrain.evaluate.report import format_table
 from mmpretrain.metrics import TrainMetrics
 from mmpretrain.train.audit import SampleKeyLog
 from mmpretrain.train.builder import build_training_task
-from mmpretrain.train.checkpoint import (
+from mmpretrain.train.checkpoint.log_sync import pull_logs, push_logs
+from mmpretrain.train.checkpoint.reshard import plan_resume
+from mmpretrain.train.checkpoint.save import (
     choose_resume_checkpoint,
     config_digest,
     restore,
     save_and_report,
 )
-from mmpretrain.train.elastic import plan_resume
 from mmpretrain.train.engine import average_buffers, build_engine, update_momentum_encoder
-from mmpretrain.train.evaluation import evaluate
-from mmpretrain.train.log_sync import pull_logs, push_logs
 from mmpretrain.train.position import DataPosition, gather_position
 from mmpretrain.train.progress import ProgressLog
 from mmpretrain.train.state import TrainState
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """What the driver hands every training worker besides the datasets.
+
+    Ray Train passes ``train_loop_config`` as a plain dict; the driver builds it with
+    ``dataclasses.asdict`` and the worker rebuilds it here, so both ends agree on the fields.
+    """
+
+    config: dict[str, Any]  # RunConfig.to_dict(); the worker rebuilds and re-validates it
+    datasets: list[str]  # "train", and "val" when there are held-out shards
+    quality_counter: str | None  # the run's data-quality books (a named actor)
+    resume_filter: str | None  # the run's list of what a resumed epoch already trained on
+    progress_lines: bool = True  # False when the driver draws a live line instead
 
 
 class EmptyEpochError(RuntimeError):
@@ -77,7 +93,8 @@ def _draw_seed(seed: int, rank: int, samples_seen: int) -> int:
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    cfg: RunConfig = config_from_dict(loop_config["config"])
+    settings = LoopSettings(**loop_config)
+    cfg: RunConfig = config_from_dict(settings.config)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
@@ -115,9 +132,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     progress = None
     if rank == 0:
-        printed = loop_config.get("progress_lines", True)  # else the driver draws a live line
-        progress = ProgressLog(cfg.run_dir, cfg.train.max_steps, state.step, printed)
-    has_val = "val" in loop_config.get("datasets", ())
+        progress = ProgressLog(
+            cfg.run_dir, cfg.train.max_steps, state.step, settings.progress_lines
+        )
+    has_val = "val" in settings.datasets
     train_split = ray.train.get_dataset_shard("train")
     counts: dict[str, int] = {}
     # Prometheus metrics through Ray's node endpoint (and observe.metrics_port on rank 0).
@@ -125,7 +143,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         cfg.train.run_name, rank, cfg.observe.metrics_port, cfg.observe.metrics_host
     )
     while state.step < last_step:
-        _start_pass(loop_config.get("resume_filter"), state.position, rank)
+        _start_pass(settings.resume_filter, state.position, rank)
         batches_this_epoch = 0
         for batch in train_split.iter_torch_batches(
             batch_size=cfg.data.batch_size,
@@ -156,18 +174,22 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             update_momentum_encoder(engine.module, cfg.objectives.momentum)
             metrics.on_step()
 
-            if state.step % cfg.train.log_every == 0 or state.step == last_step:
+            log_now = state.step % cfg.train.log_every == 0 or state.step == last_step
+            save_now = state.step % cfg.train.checkpoint_every == 0 or state.step == last_step
+            if log_now or save_now:  # collective; fresh books for the log row and the checkpoint
+                counts = _shared_quality_counts(settings.quality_counter, rank)
+
+            if log_now:
                 values = _mean_across_ranks(losses)  # collective: every rank joins
                 values["lr"] = engine.get_lr()[0]
                 values["epoch"] = state.epoch
-                counts = _shared_quality_counts(loop_config.get("quality_counter"), rank)
                 values.update(counts, bad_fraction=quality.bad_fraction(counts))
                 if progress is not None:
                     progress.log(state.step, state.samples_seen, values)
                 metrics.on_log(values, engine.get_global_grad_norm(), counts)
                 quality.check_bad_fraction(counts, cfg.data.max_bad_fraction)
 
-            if state.step % cfg.train.checkpoint_every == 0 or state.step == last_step:
+            if save_now:
                 average_buffers(engine.module)  # BatchNorm statistics of all ranks' data
                 state.position = gather_position(state.position)  # what all ranks consumed
                 # The data-quality books ride along, so Ray's result metrics carry them too.
@@ -211,9 +233,10 @@ def _evaluate_and_report(
 ) -> dict[str, float]:
     """The same evaluation ``mmpretrain eval`` runs, on the live (possibly sharded) model."""
     average_buffers(engine.module)
-    metrics = evaluate(
-        engine.module.encoder, ray.train.get_dataset_shard("val"), cfg, tokenizer, device
+    held_out = ray.train.get_dataset_shard("val").iter_torch_batches(
+        batch_size=cfg.data.batch_size, collate_fn=collate_batch
     )
+    metrics = evaluate(engine.module.encoder, held_out, cfg, tokenizer, device)
     metrics["step"] = step
     if rank == 0:
         with (cfg.run_dir / "eval.jsonl").open("a") as history:

@@ -20,8 +20,8 @@ import psutil
 import pytest
 
 from mmpretrain.config import load_config
+from mmpretrain.train.checkpoint.manifest import check_checkpoint
 from mmpretrain.train.launch import run_training
-from mmpretrain.train.manifest import check_checkpoint
 
 pytestmark = pytest.mark.integration
 

@@ -20,9 +20,9 @@ from mmpretrain.data.shards import iter_shard
 from mmpretrain.data.synth import write_synthetic_shards
 from mmpretrain.errors import ResourceError
 from mmpretrain.train.audit import read_sample_keys
-from mmpretrain.train.elastic import UNIVERSAL_DIR
+from mmpretrain.train.checkpoint.manifest import list_checkpoints
+from mmpretrain.train.checkpoint.reshard import UNIVERSAL_DIR
 from mmpretrain.train.launch import run_training
-from mmpretrain.train.manifest import list_checkpoints
 
 pytestmark = pytest.mark.integration
 

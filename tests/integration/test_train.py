@@ -193,7 +193,7 @@ def test_speed_and_model_switches_train_on_cpu_without_zero(local_ray, synth_dat
     assert "mp_rank_00_model_states.pt" in files
     assert not any(name.startswith("zero_pp_rank_") for name in files)
     # The momentum encoder is saved with the model and lags the online encoder (EMA 0.995).
-    from mmpretrain.train.consolidate import load_task_state
+    from mmpretrain.train.checkpoint.consolidate import load_task_state
 
     state = load_task_state(result.run_dir / "checkpoint_step_00000006")
     online = state["encoder.image_proj.weight"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mmpretrain.train.manifest import (
+from mmpretrain.train.checkpoint.manifest import (
     MANIFEST,
     check_checkpoint,
     describe_files,

@@ -199,7 +199,8 @@ def test_embeddings_are_unit_vectors_and_images_enter_as_uint8(synth_data) -> No
     task = make_task(synth_data["tokenizer"])
     batch = make_batch(synth_data["tokenizer"], 4)
     assert batch["image"].dtype == torch.uint8
-    image_emb, text_emb = task.embed(batch["image"], batch["input_ids"], batch["attention_mask"])
+    _, image_emb = task.encoder.encode_image(batch["image"])
+    _, text_emb = task.encoder.encode_text(batch["input_ids"], batch["attention_mask"])
     assert image_emb.shape == text_emb.shape == (4, 64)
     assert torch.allclose(image_emb.norm(dim=-1), torch.ones(4), atol=1e-5)
     assert torch.allclose(text_emb.norm(dim=-1), torch.ones(4), atol=1e-5)

@@ -27,7 +27,7 @@ import torch
 from mmpretrain import distributed
 from mmpretrain.errors import CheckpointError
 from mmpretrain.storage import Folder
-from mmpretrain.train.manifest import MANIFEST
+from mmpretrain.train.checkpoint.manifest import MANIFEST
 
 UNIVERSAL_DIR = "universal"
 CONVERTED_MARKER = "converted.json"  # written last: a conversion cut short is redone

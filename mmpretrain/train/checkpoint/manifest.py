@@ -19,6 +19,7 @@ from typing import Any
 from mmpretrain.storage import Folder
 
 MANIFEST = "manifest.json"
+STATE_FILE = "train_state.json"  # the TrainState of the checkpoint, written by rank 0
 MANIFEST_VERSION = 1
 CHUNK = 1 << 22
 

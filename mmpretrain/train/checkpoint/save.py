@@ -21,17 +21,16 @@ from mmpretrain import distributed
 from mmpretrain.console import console
 from mmpretrain.errors import CheckpointError
 from mmpretrain.storage import Folder
-from mmpretrain.train.elastic import ResumeSource, restore_module_extras
-from mmpretrain.train.manifest import (
+from mmpretrain.train.checkpoint.manifest import (
+    STATE_FILE,
     describe_files,
     newest_complete,
     prune_checkpoints,
     set_aside,
     write_manifest,
 )
+from mmpretrain.train.checkpoint.reshard import ResumeSource, restore_module_extras
 from mmpretrain.train.state import TrainState
-
-STATE_FILE = "train_state.json"
 
 
 def checkpoint_tag(step: int) -> str:

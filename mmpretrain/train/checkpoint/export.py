@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from mmpretrain.train.consolidate import (
+from mmpretrain.train.checkpoint.consolidate import (
     EXPORT_CONFIG,
     EXPORT_TOKENIZER,
     EXPORT_WEIGHTS,

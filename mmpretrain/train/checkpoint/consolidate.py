@@ -17,8 +17,12 @@ import torch
 
 from mmpretrain.config import RunConfig, load_config
 from mmpretrain.errors import CheckpointError
-from mmpretrain.train.checkpoint import STATE_FILE
-from mmpretrain.train.manifest import MANIFEST, check_checkpoint, newest_complete
+from mmpretrain.train.checkpoint.manifest import (
+    MANIFEST,
+    STATE_FILE,
+    check_checkpoint,
+    newest_complete,
+)
 
 EXPORT_WEIGHTS = "model.safetensors"
 EXPORT_CONFIG = "config.yaml"

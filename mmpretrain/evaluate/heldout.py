@@ -1,4 +1,4 @@
-"""Data-parallel held-out evaluation on the workers, for training runs and ``mmpretrain eval``.
+"""Data-parallel held-out evaluation, for training runs and ``mmpretrain eval``.
 
 Recall@K both ways from ITC embeddings, ITM re-ranking of each query's top k, ITM accuracy on
 positives versus arbitrary and versus hardest negatives, and zero-shot classification where the
@@ -9,23 +9,51 @@ every world-th batch, so the model work is divided and no pair is dropped to eve
 Every rank also runs the *same number* of forward passes, padding with repeats whose results it
 throws away: under ZeRO-3 each forward gathers parameter shards from all ranks, and a rank that
 stopped early would leave the others waiting forever.
+
+It takes an iterable of collated batches and an encoder with ``encode_image``, ``encode_text``
+and ``match_logits``, so it runs the same on Ray Train workers (their split of a Ray dataset)
+and in one plain process; without a process group it is a one-rank evaluation.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 
 from mmpretrain import distributed
 from mmpretrain.config import RunConfig
-from mmpretrain.data.pipeline import collate_batch
-from mmpretrain.data.tokenizer import CaptionTokenizer
 from mmpretrain.evaluate.retrieval import reranked_ranks, retrieval_metrics, top_candidates
 from mmpretrain.evaluate.zeroshot import label_indices, resolve_class_names, zero_shot_metrics
-from mmpretrain.model import FusedEncoder
+
+
+class Encoder(Protocol):
+    """What evaluation needs of the model (``mmpretrain.model.FusedEncoder`` has it)."""
+
+    training: bool
+
+    def encode_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def match_logits(
+        self, text_BLD: torch.Tensor, mask_BL: torch.Tensor, image_BND: torch.Tensor
+    ) -> torch.Tensor: ...
+
+    def train(self, mode: bool = True) -> Any: ...
+
+    def eval(self) -> Any: ...
+
+
+class Tokenizer(Protocol):
+    """What zero-shot prompts need (``mmpretrain.data.tokenizer.CaptionTokenizer`` has it)."""
+
+    def encode(self, captions: Sequence[str], max_len: int) -> tuple[Any, Any]: ...
 
 
 @dataclass
@@ -47,7 +75,7 @@ def _gather_lists(items: list[Any]) -> list[Any]:
 
 @torch.no_grad()
 def collect_features(
-    encoder: FusedEncoder, val_data: Any, batch_size: int, device: torch.device
+    encoder: Encoder, batches: Iterable[dict[str, Any]], device: torch.device
 ) -> HeldOutFeatures:
     rank, world = distributed.rank(), distributed.world_size()
     mine: list[tuple[int, dict[str, Any]]] = []
@@ -67,9 +95,7 @@ def collect_features(
             "labels": batch["label"],
         }
 
-    for index, batch in enumerate(
-        val_data.iter_torch_batches(batch_size=batch_size, collate_fn=collate_batch)
-    ):
+    for index, batch in enumerate(batches):
         spare = spare or batch
         if index % world == rank:
             mine.append((index, encode(batch)))
@@ -93,7 +119,7 @@ def collect_features(
 
 @torch.no_grad()
 def match_scores(
-    encoder: FusedEncoder,
+    encoder: Encoder,
     features: HeldOutFeatures,
     image_index_P: torch.Tensor,
     text_index_P: torch.Tensor,
@@ -130,10 +156,10 @@ def hardest_negatives(similarity_NN: torch.Tensor, input_ids_NL: torch.Tensor) -
 
 @torch.no_grad()
 def class_embeddings(
-    encoder: FusedEncoder,
+    encoder: Encoder,
     class_names: list[str],
     cfg: RunConfig,
-    tokenizer: CaptionTokenizer,
+    tokenizer: Tokenizer,
     device: torch.device,
 ) -> torch.Tensor:
     """ITC text embeddings of one prompt per class (every rank embeds all: same forwards)."""
@@ -151,17 +177,18 @@ def class_embeddings(
 
 
 def evaluate(
-    encoder: FusedEncoder,
-    val_data: Any,
+    encoder: Encoder,
+    batches: Iterable[dict[str, Any]],
     cfg: RunConfig,
-    tokenizer: CaptionTokenizer,
+    tokenizer: Tokenizer,
     device: torch.device,
 ) -> dict[str, float]:
-    """Collective: every rank calls it, and every rank gets the same metrics back."""
+    """Collective: every rank calls it with the whole held-out set in the same order, and
+    every rank gets the same metrics back."""
     was_training = encoder.training
     encoder.eval()
     try:
-        features = collect_features(encoder, val_data, cfg.data.batch_size, device)
+        features = collect_features(encoder, batches, device)
         metrics = retrieval_metrics(features.image_emb_NE, features.text_emb_NE, tuple(cfg.eval.ks))
         metrics.update(_matching_metrics(encoder, features, cfg, device))
         if any(features.labels):
@@ -180,7 +207,7 @@ def evaluate(
 
 
 def _matching_metrics(
-    encoder: FusedEncoder, features: HeldOutFeatures, cfg: RunConfig, device: torch.device
+    encoder: Encoder, features: HeldOutFeatures, cfg: RunConfig, device: torch.device
 ) -> dict[str, float]:
     """ITM accuracy and (with eval.rerank_k) re-ranked recall, from one batch of pair scores."""
     similarity_NN = features.image_emb_NE @ features.text_emb_NE.T
