@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -67,3 +68,45 @@ def test_table_shows_every_metric_family() -> None:
     table = format_table(metrics)
     for text in ("R@10", "ITM rerank", "ITM accuracy", "zero-shot over 4 classes", "0.050"):
         assert text in table, table
+
+
+def test_held_out_pass_needs_only_batches_and_an_encoder(synth_data) -> None:
+    """evaluate/heldout.py in one plain process: no Ray, no process group, any batching."""
+    from mmpretrain.config import load_config
+    from mmpretrain.data.shards import expand_shards, iter_shard
+    from mmpretrain.data.tokenizer import load_tokenizer
+    from mmpretrain.data.transforms import centre_square, flatten_to_rgb
+    from mmpretrain.evaluate.heldout import evaluate
+    from mmpretrain.train.builder import build_encoder
+
+    cfg = load_config("tiny", [f"data.tokenizer={synth_data['tokenizer']}", "eval.rerank_k=4"])
+    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    torch.manual_seed(0)
+    encoder = build_encoder(cfg, tokenizer)
+    samples = [m for p in expand_shards(str(synth_data["val"])) for _, m in iter_shard(p)][:24]
+
+    def batches(size: int):
+        import io
+
+        from PIL import Image
+
+        for start in range(0, len(samples), size):
+            part = samples[start : start + size]
+            images = [
+                centre_square(flatten_to_rgb(Image.open(io.BytesIO(m["jpg"]))), 64) for m in part
+            ]
+            ids, mask = tokenizer.encode([m["txt"].decode() for m in part], cfg.data.max_text_len)
+            yield {
+                "image": torch.from_numpy(np.stack(images)),
+                "input_ids": torch.from_numpy(ids),
+                "attention_mask": torch.from_numpy(mask),
+                "label": [m["cls"].decode() for m in part],
+            }
+
+    by_eight = evaluate(encoder, batches(8), cfg, tokenizer, torch.device("cpu"))
+    by_twelve = evaluate(encoder, batches(12), cfg, tokenizer, torch.device("cpu"))
+    assert by_eight["candidates"] == 24 and by_eight["rerank_k"] == 4
+    assert by_eight["zeroshot_samples"] == 24
+    assert encoder.training  # evaluation puts the mode back
+    for name, value in by_eight.items():  # batching changes nothing (eval mode, no dropout)
+        assert by_twelve[name] == pytest.approx(value, abs=1e-6), name
