@@ -316,15 +316,11 @@ class TrainConfig:
         "max_steps; re-run to go on (for time-boxed allocations). null = max_steps.",
         default=None,
     )
-    checkpoint_every: int = doc("Save a checkpoint every N steps (and at the end).", default=500)
     max_failures: int = doc(
         "Times a run restarts its workers from the newest complete checkpoint after a worker "
         "or node fails; -1 = always, 0 = fail at once (Ray retries every worker error, bad "
         "data and bad config included, so a retry budget is for long runs).",
         default=0,
-    )
-    keep_checkpoints: int | None = doc(
-        "Keep the newest K checkpoints, deleting older ones; null keeps all.", default=None
     )
     start_timeout_s: float = doc(
         "Seconds one worker-group start waits for the cluster to fit it; after 3 failed "
@@ -338,14 +334,9 @@ class TrainConfig:
         default="runs",
     )
     run_name: str = doc("Run directory name; re-using it resumes the run.", default="mmpretrain")
-    lr: float = doc("Peak learning rate of AdamW.", default=1e-4)
-    weight_decay: float = doc("AdamW weight decay.", default=0.02)
-    warmup_steps: int = doc("Linear warmup steps before the cosine decay.", default=100)
-    min_lr_ratio: float = doc("Cosine floor as a fraction of train.lr.", default=0.1)
     zero_stage: int = doc("DeepSpeed ZeRO stage.", default=2)
     precision: str = doc("auto (bf16 on GPU, fp32 on CPU), fp32 or bf16.", default="auto")
     grad_accum: int = doc("Micro-batches accumulated per optimizer step.", default=1)
-    grad_clip: float = doc("Clip the global gradient norm to this; 0 disables.", default=1.0)
     seed: int = doc("Seed for model init, masking and negative sampling.", default=0)
     deterministic: bool = doc(
         "Same seed and world size, same loss at every step: Ray Data keeps block order "
@@ -388,26 +379,16 @@ class TrainConfig:
         )
         _require(self.cpus_per_worker > 0, "train.cpus_per_worker", "must be > 0")
         _require(self.max_steps >= 1, "train.max_steps", "must be >= 1")
-        _require(self.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
         _require(self.max_failures >= -1, "train.max_failures", "must be >= -1")
-        _require(
-            self.keep_checkpoints is None or self.keep_checkpoints >= 1,
-            "train.keep_checkpoints",
-            "must be >= 1 or null",
-        )
         _require(self.log_every >= 1, "train.log_every", "must be >= 1")
         _require(
             bool(self.run_name) and "/" not in self.run_name,
             "train.run_name",
             "must be a non-empty name without '/'",
         )
-        _require(self.lr > 0, "train.lr", "must be > 0")
-        _require(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
-        _require(0.0 <= self.min_lr_ratio <= 1.0, "train.min_lr_ratio", "must be in [0, 1]")
         _choice(self.zero_stage, "train.zero_stage", (0, 1, 2, 3))
         _choice(self.precision, "train.precision", PRECISIONS)
         _require(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
-        _require(self.grad_clip >= 0, "train.grad_clip", "must be >= 0")
 
     @property
     def min_workers(self) -> int:
@@ -421,6 +402,47 @@ class TrainConfig:
     def last_step(self) -> int:
         """Where this invocation stops: train.stop_at, else train.max_steps."""
         return self.stop_at or self.max_steps
+
+
+@dataclass
+class OptimConfig:
+    lr: float = doc("Peak learning rate of AdamW.", default=1e-4)
+    weight_decay: float = doc("AdamW weight decay.", default=0.02)
+    warmup_steps: int = doc("Linear warmup steps before the cosine decay.", default=100)
+    min_lr_ratio: float = doc("Cosine floor as a fraction of optim.lr.", default=0.1)
+    grad_clip: float = doc("Clip the global gradient norm to this; 0 disables.", default=1.0)
+
+    def __post_init__(self) -> None:
+        _require(self.lr > 0, "optim.lr", "must be > 0")
+        _require(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+        _require(self.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+        _require(0.0 <= self.min_lr_ratio <= 1.0, "optim.min_lr_ratio", "must be in [0, 1]")
+        _require(self.grad_clip >= 0, "optim.grad_clip", "must be >= 0")
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = doc("Save a checkpoint every N steps (and at the end).", default=500)
+    keep: int | None = doc(
+        "Keep the newest K complete checkpoints, deleting older ones; null keeps all.",
+        default=None,
+    )
+
+    def __post_init__(self) -> None:
+        _require(self.every >= 1, "checkpoint.every", "must be >= 1")
+        _require(self.keep is None or self.keep >= 1, "checkpoint.keep", "must be >= 1 or null")
+
+
+# Keys that moved out of ``train`` into sections of their own: an old key fails naming the new.
+MOVED_KEYS = {
+    "train.lr": "optim.lr",
+    "train.weight_decay": "optim.weight_decay",
+    "train.warmup_steps": "optim.warmup_steps",
+    "train.min_lr_ratio": "optim.min_lr_ratio",
+    "train.grad_clip": "optim.grad_clip",
+    "train.checkpoint_every": "checkpoint.every",
+    "train.keep_checkpoints": "checkpoint.keep",
+}
 
 
 @dataclass
@@ -499,6 +521,8 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     observe: ObserveConfig = field(default_factory=ObserveConfig)
@@ -643,6 +667,12 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
     unknown = sorted(set(data) - set(names))
+    moved = [_join(prefix, name) for name in unknown if _join(prefix, name) in MOVED_KEYS]
+    if moved:
+        raise ConfigError(
+            f"{moved[0]} is now {MOVED_KEYS[moved[0]]}; write {MOVED_KEYS[moved[0]]}=... "
+            f"(in YAML: {MOVED_KEYS[moved[0]].replace('.', ': ', 1)})"
+        )
     if unknown:
         where = prefix or "top level"
         raise ConfigError(

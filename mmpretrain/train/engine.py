@@ -32,7 +32,7 @@ def deepspeed_config(cfg: RunConfig, load_universal: bool = False) -> dict[str, 
     return {
         "train_micro_batch_size_per_gpu": cfg.data.batch_size,
         "gradient_accumulation_steps": train.grad_accum,
-        "gradient_clipping": train.grad_clip,
+        "gradient_clipping": cfg.optim.grad_clip,
         "zero_optimization": {"stage": train.zero_stage},
         # bf16 as autocast: weights, gradients and optimizer state stay fp32, matmuls and
         # convolutions run in bf16 (what OpenCLIP's amp_bf16 does); works on CPU too.
@@ -66,15 +66,15 @@ def build_engine(
     which keeps ZeRO-3's parameter hooks working under ``torch.compile``."""
     import deepspeed
 
-    train = cfg.train
+    optim = cfg.optim
     optimizer = torch.optim.AdamW(
-        parameter_groups(model, train.weight_decay), lr=train.lr, betas=(0.9, 0.98), eps=1e-6
+        parameter_groups(model, optim.weight_decay), lr=optim.lr, betas=(0.9, 0.98), eps=1e-6
     )
     schedule = functools.partial(
         warmup_cosine,
-        warmup_steps=train.warmup_steps,
-        max_steps=train.max_steps,
-        min_ratio=train.min_lr_ratio,
+        warmup_steps=optim.warmup_steps,
+        max_steps=cfg.train.max_steps,
+        min_ratio=optim.min_lr_ratio,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     engine, _, _, _ = deepspeed.initialize(
@@ -83,7 +83,7 @@ def build_engine(
         lr_scheduler=scheduler,
         config=deepspeed_config(cfg, load_universal),
     )
-    if train.compile:
+    if cfg.train.compile:
         engine.compile()
     return engine
 

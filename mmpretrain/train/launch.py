@@ -212,7 +212,7 @@ def run_training(cfg: RunConfig) -> TrainResult:
         run_config=ray.train.RunConfig(
             name=cfg.train.run_name,
             storage_path=cfg.train.storage_path,  # absolute, or a URI
-            # Retention is ours (train.keep_checkpoints): Ray cannot tell complete from not.
+            # Retention is ours (checkpoint.keep): Ray cannot tell complete from not.
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
             # A restarted worker group resumes in train_loop_per_worker, from the run
             # directory's newest complete checkpoint.

@@ -175,7 +175,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             metrics.on_step()
 
             log_now = state.step % cfg.train.log_every == 0 or state.step == last_step
-            save_now = state.step % cfg.train.checkpoint_every == 0 or state.step == last_step
+            save_now = state.step % cfg.checkpoint.every == 0 or state.step == last_step
             if log_now or save_now:  # collective; fresh books for the log row and the checkpoint
                 counts = _shared_quality_counts(settings.quality_counter, rank)
 
@@ -196,7 +196,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 reported = {"loss": losses["loss"].item(), **counts}
                 started = time.perf_counter()
                 written = save_and_report(
-                    engine, state, reported, rank, facts, storage, cfg.train.keep_checkpoints
+                    engine, state, reported, rank, facts, storage, cfg.checkpoint.keep
                 )
                 metrics.on_checkpoint(time.perf_counter() - started, written)
                 push_logs(cfg.run_dir, storage, rank, keys_path)

@@ -115,7 +115,7 @@ def scraped_run(synth_data, tmp_path_factory):
                 f"train.num_workers={WORKERS}",
                 f"train.max_steps={STEPS}",
                 "train.log_every=2",
-                "train.checkpoint_every=6",
+                "checkpoint.every=6",
                 "eval.every=6",  # mid-run: the final values may not outlive the workers
                 "eval.rerank_k=0",
                 f"train.storage_path={tmp / 'runs'}",

@@ -63,7 +63,7 @@ def _mixed_run(synth_data, tmp_path: Path, *overrides: str):
             f"data.tokenizer={synth_data['tokenizer']}",
             "data.batch_size=8",
             "train.max_steps=5",  # 81 usable / (2 workers x 8) = 5 steps: exactly one epoch
-            "train.checkpoint_every=5",
+            "checkpoint.every=5",
             "train.log_every=5",
             f"train.storage_path={tmp_path}",
             "train.run_name=mixed",

@@ -84,9 +84,9 @@ def short_run(synth_data: dict[str, Path], *extra: str) -> list[str]:
         f"data.tokenizer={synth_data['tokenizer']}",
         "data.batch_size=8",
         f"train.max_steps={MAX_STEPS}",
-        f"train.checkpoint_every={CHECKPOINT_EVERY}",
+        f"checkpoint.every={CHECKPOINT_EVERY}",
         "train.log_every=1",
-        "train.warmup_steps=2",
+        "optim.warmup_steps=2",
         *extra,
     ]
 

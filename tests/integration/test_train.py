@@ -65,12 +65,12 @@ def test_zero2_run_learns_checkpoints_every_rank_and_resumes(synth_data, tmp_pat
         "train.zero_stage=2",
         "train.storage_path=.",
         "train.run_name=skeleton",
-        f"train.checkpoint_every={CHECKPOINT_EVERY}",
+        f"checkpoint.every={CHECKPOINT_EVERY}",
         f"train.log_every={LOG_EVERY}",
-        "train.warmup_steps=8",
+        "optim.warmup_steps=8",
         "eval.rerank_k=0",
         f"eval.every={CHECKPOINT_EVERY}",
-        "train.keep_checkpoints=2",
+        "checkpoint.keep=2",
     ]
     run_dir = tmp_path / "skeleton"
 
@@ -111,7 +111,7 @@ def test_zero2_run_learns_checkpoints_every_rank_and_resumes(synth_data, tmp_pat
     assert [row["step"] for row in resumed] == [SECOND]
     assert resumed[0]["samples_seen"] == SECOND * BATCH * WORKERS
     # The scheduler resumed too: the rate is the schedule's value at SECOND, not at step 8.
-    expected_lr = load_config("tiny").train.lr * warmup_cosine(
+    expected_lr = load_config("tiny").optim.lr * warmup_cosine(
         SECOND, warmup_steps=8, max_steps=SECOND, min_ratio=0.1
     )
     assert resumed[0]["lr"] == pytest.approx(expected_lr, rel=1e-4)
@@ -174,9 +174,9 @@ def test_speed_and_model_switches_train_on_cpu_without_zero(local_ray, synth_dat
             "objectives.distill=true",
             "model.fusion.type=merged",
             "train.max_steps=6",
-            "train.checkpoint_every=6",
+            "checkpoint.every=6",
             "train.log_every=1",
-            "train.warmup_steps=2",
+            "optim.warmup_steps=2",
             f"train.storage_path={tmp_path}",
             "train.run_name=switches",
             "train.cpus_per_worker=1",

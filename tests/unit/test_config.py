@@ -35,7 +35,7 @@ def test_overrides_apply_with_yaml_types() -> None:
         [
             "train.max_steps=50",
             "model.fusion.layers=2",
-            "train.lr=3e-4",
+            "optim.lr=3e-4",
             "model.vision.depths=[2, 2, 2, 2]",
             "data.val=null",
             "train.use_gpu=true",
@@ -43,7 +43,7 @@ def test_overrides_apply_with_yaml_types() -> None:
     )
     assert cfg.train.max_steps == 50
     assert cfg.model.fusion.layers == 2
-    assert cfg.train.lr == pytest.approx(3e-4)
+    assert cfg.optim.lr == pytest.approx(3e-4)
     assert cfg.model.vision.depths == [2, 2, 2, 2]
     assert cfg.data.val is None
     assert cfg.train.use_gpu is True
@@ -57,7 +57,7 @@ def test_overrides_beat_the_preset_and_keep_its_other_values() -> None:
 
 
 def test_integer_widens_to_float_but_not_the_reverse() -> None:
-    assert load_config("tiny", ["train.grad_clip=2"]).train.grad_clip == 2.0
+    assert load_config("tiny", ["optim.grad_clip=2"]).optim.grad_clip == 2.0
     with pytest.raises(ConfigError, match=r"train\.max_steps: expected an integer"):
         load_config("tiny", ["train.max_steps=2.5"])
 
@@ -73,7 +73,11 @@ def test_integer_widens_to_float_but_not_the_reverse() -> None:
         ("train.zero_stage=4", r"train\.zero_stage: got 4; allowed values are \[0, 1, 2, 3\]"),
         ("train.precision=fp8", r"train\.precision: got 'fp8'; allowed values are"),
         ("model.vision.name=vit_b_16", r"model\.vision\.name: got 'vit_b_16'; allowed values"),
-        ("train.lr=fast", r"train\.lr: expected a number"),
+        ("optim.lr=fast", r"optim\.lr: expected a number"),
+        # Keys that moved to sections of their own name the new key.
+        ("train.lr=1e-3", r"train\.lr is now optim\.lr; write optim\.lr="),
+        ("train.checkpoint_every=5", r"train\.checkpoint_every is now checkpoint\.every"),
+        ("train.keep_checkpoints=2", r"train\.keep_checkpoints is now checkpoint\.keep"),
         ("train.use_gpu=maybe", r"train\.use_gpu: expected true or false"),
         ("data.batch_size=1", r"data\.batch_size: must be >= 2"),
         ("model.fusion.heads=5", r"model\.fusion\.heads: must divide"),
