@@ -76,7 +76,8 @@ def _mixed_run(synth_data, tmp_path: Path, *overrides: str):
 def test_training_over_ten_percent_bad_data_completes_and_reports_counts(
     local_ray, synth_data, tmp_path
 ) -> None:
-    cfg, _ = _mixed_run(synth_data, tmp_path)
+    # ZeRO off here (stage 0): this run also shows that layout of a checkpoint.
+    cfg, _ = _mixed_run(synth_data, tmp_path, "train.zero_stage=0")
     result = run_training(cfg)
     (row,) = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").open()]
     assert row["step"] == 5
@@ -84,6 +85,12 @@ def test_training_over_ten_percent_bad_data_completes_and_reports_counts(
     assert {k: v for k, v in row.items() if k.startswith("skipped_")} == EXPECTED_SKIPS
     assert row["bad_fraction"] == pytest.approx(0.1)
     assert result.metrics["skipped_corrupt_image"] == 2 and result.metrics["seen"] == 90
+    files = {
+        p.name for p in (result.run_dir / "checkpoint_step_00000005" / "step_00000005").iterdir()
+    }
+    # Stage 0: one replicated model + optimizer file, nothing per rank.
+    assert "mp_rank_00_model_states.pt" in files
+    assert not any(name.startswith("zero_pp_rank_") for name in files)
 
 
 def test_bad_fraction_over_the_limit_stops_the_run_with_the_reason(

@@ -1,20 +1,18 @@
-"""``mmpretrain report`` on a real (short) training run: three figures and a report that links
-them, drawn from the files the run wrote and its newest checkpoint."""
+"""``mmpretrain report`` on a real training run (the session's skeleton run): three figures and
+a report that links them, drawn from the files the run wrote and its newest checkpoint."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from mmpretrain.config import load_config
-from mmpretrain.train.launch import run_training
+from mmpretrain import cli
+from tests.integration.conftest import FIRST_STEPS
 
 pytestmark = pytest.mark.integration
 
@@ -34,39 +32,14 @@ def distinct_colours(path: Path) -> tuple[int, float]:
     return len(np.unique(packed)), float(pixels.std())
 
 
-def test_report_draws_every_figure_of_a_real_run(local_ray, synth_data, tmp_path) -> None:
-    cfg = load_config(
-        "tiny",
-        [
-            f"data.train={synth_data['train']}",
-            f"data.val={synth_data['val']}",
-            f"data.tokenizer={synth_data['tokenizer']}",
-            "data.batch_size=16",
-            "train.num_workers=1",
-            "train.cpus_per_worker=1",
-            "train.max_steps=12",
-            "train.log_every=2",
-            "checkpoint.every=12",
-            "optim.warmup_steps=2",
-            "eval.every=6",
-            "eval.rerank_k=0",
-            f"train.storage_path={tmp_path}",
-            "train.run_name=reported",
-        ],
-    )
-    run_dir = run_training(cfg).run_dir
+def test_report_draws_every_figure_of_a_real_run(skeleton_run, tmp_path) -> None:
+    run_dir = tmp_path / "skeleton"  # a copy: the report writes into the run directory
+    shutil.copytree(skeleton_run.run_dir, run_dir)
     final_path = run_dir / "eval.json"
     final = json.loads(final_path.read_text())
 
     command = ["report", str(run_dir), "--pairs", str(PAIRS), "--compare", str(final_path)]
-    proc = subprocess.run(
-        [sys.executable, "-m", "mmpretrain", *command],
-        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert cli.main(command) == 0
 
     for name, size in EXPECTED_PIXELS.items():
         path = run_dir / name
@@ -80,9 +53,9 @@ def test_report_draws_every_figure_of_a_real_run(local_ray, synth_data, tmp_path
         assert f"]({name})" in report, f"report.md does not link {name}"
     # The summary carries the run's numbers: steps, final losses, the final evaluation.
     last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
-    assert "12 steps" in report
+    assert f"{FIRST_STEPS} steps" in report
     assert "| total (weighted) |" in report and f"{last['loss']:.3f}" in report
     # One table row per evaluation: the run's own and the eval JSON given to --compare.
     recall = f"{final['i2t_recall@1']:.3f}"
-    rows = [line for line in report.splitlines() if line.startswith("| reported")]
+    rows = [line for line in report.splitlines() if line.startswith("| skeleton")]
     assert len(rows) == 2 and all(recall in row for row in rows), rows
