@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmpretrain.config import ModelConfig
-from mmpretrain.model.fusion import FusionModule
+from mmpretrain.model.fusion import FusionModule, build_fusion
 from mmpretrain.model.text import TextEncoder
 from mmpretrain.model.vision import VisionEncoder
 
@@ -70,7 +70,7 @@ class FusedEncoder(nn.Module):
         self.text_to_fusion = (
             nn.Identity() if self.text.width == width else nn.Linear(self.text.width, width)
         )
-        self.fusion = FusionModule(cfg.fusion, width)
+        self.fusion: FusionModule = build_fusion(cfg.fusion, width)
         self.image_proj = nn.Linear(width, cfg.embed_dim)
         self.text_proj = nn.Linear(self.text.width, cfg.embed_dim)
         self.temperature = Temperature(temperature)

@@ -8,7 +8,9 @@
   from the text, the seed paper's context-dependent weighting of the two modalities.
 
 Every variant maps (text tokens, text mask, image tokens) to fused text tokens whose position 0
-([CLS]) summarises the pair, so ITM and MLM heads work on any of them.
+([CLS]) summarises the pair, so ITM and MLM heads work on any of them. Each is one subclass of
+``FusionModule`` that carries its own data flow, named in ``FUSION_VARIANTS``; ``build_fusion``
+picks it from the config, so a new variant is one class and one registry entry.
 
 Attention is written out with ``nn.Linear`` projections and ``scaled_dot_product_attention``
 rather than ``nn.MultiheadAttention``, whose forward reads ``out_proj.weight`` without calling
@@ -213,34 +215,40 @@ class CoAttentionLayer(nn.Module):
 
 
 class FusionModule(nn.Module):
-    """A stack of fusion layers of one variant, a final norm, and optional checkpointing."""
+    """A stack of fusion layers of one variant, a final norm, and optional checkpointing.
+
+    The base of the variants below: what they share is the layer stack, the final norm, the
+    activation-checkpointing call and the switch that records attention. Each variant says how
+    its inputs flow through the stack (``forward``) and which attention modules read the image
+    (``text_to_image_attention_modules``). Build one with ``build_fusion``.
+    """
+
+    layer_class: type[nn.Module]
 
     def __init__(self, cfg: FusionConfig, width: int):
         super().__init__()
-        self.type = cfg.type
-        layer_class = {
-            "cross_attention": CrossAttentionLayer,
-            "gated": GatedCrossAttentionLayer,
-            "merged": MergedLayer,
-            "co_attention": CoAttentionLayer,
-        }[cfg.type]
         self.layers = nn.ModuleList(
-            layer_class(width, cfg.heads, cfg.dropout) for _ in range(cfg.layers)
+            self.layer_class(width, cfg.heads, cfg.dropout) for _ in range(cfg.layers)
         )
-        if cfg.type == "merged":
-            # Which token is text and which is image: one learned vector per modality.
-            self.modality = nn.Embedding(2, width)
+        # Between the layers and the norm, so parameters keep the order earlier checkpoints
+        # were written in: ZeRO's flat optimizer-state partitions follow that order.
+        self._add_input_modules(width)
         self.norm = nn.LayerNorm(width)
         self.activation_checkpointing = False
 
+    def _add_input_modules(self, width: int) -> None:
+        """Modules a variant applies to its inputs before the layers; none by default."""
+
     def text_to_image_attention_modules(self) -> list[MultiHeadAttention]:
         """Per layer, the attention whose queries are caption tokens and whose keys hold the
-        image tokens (for ``merged``, the joint self-attention, whose keys hold both)."""
-        if self.type == "merged":
-            return [layer.self_attn.attn for layer in self.layers]
-        if self.type == "co_attention":
-            return [layer.text_from_image.attn for layer in self.layers]
-        return [layer.cross_attn.attn for layer in self.layers]
+        image tokens."""
+        raise NotImplementedError
+
+    def forward(
+        self, text_BLD: torch.Tensor, text_mask_BL: torch.Tensor, image_BND: torch.Tensor
+    ) -> torch.Tensor:
+        """Text tokens conditioned on the image; position 0 ([CLS]) summarises the pair."""
+        raise NotImplementedError
 
     def forward_with_attention(
         self, text_BLD: torch.Tensor, text_mask_BL: torch.Tensor, image_BND: torch.Tensor
@@ -248,9 +256,17 @@ class FusionModule(nn.Module):
         """``forward`` plus each caption token's attention over the image tokens.
 
         Returns (fused text ``[B, L, D]``, attention ``[B, layers, heads, L, N]``), where every
-        row sums to 1 over the N image tokens. For ``merged`` the text rows of the joint
-        self-attention are cut to the image columns and renormalised: where, within the image,
-        a token looks, whatever share of its attention it gives to the text.
+        row sums to 1 over the N image tokens.
+        """
+        return self._forward_recording_attention(text_BLD, text_mask_BL, image_BND)
+
+    def _forward_recording_attention(
+        self, text_BLD: torch.Tensor, text_mask_BL: torch.Tensor, image_BND: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` with ``text_to_image_attention_modules`` recording; -> (fused text,
+        their probabilities stacked per layer ``[B, layers, heads, queries, keys]``).
+
+        Recording is switched off again whatever happens, so training never pays for it.
         """
         modules = self.text_to_image_attention_modules()
         for module in modules:
@@ -261,40 +277,115 @@ class FusionModule(nn.Module):
         finally:
             for module in modules:
                 module.record, module.recorded = False, None
-        attention_BXHLN = torch.stack(recorded, dim=1)
-        if self.type == "merged":
-            length = text_BLD.shape[1]
-            attention_BXHLN = attention_BXHLN[..., :length, length:]
-            attention_BXHLN = attention_BXHLN / attention_BXHLN.sum(dim=-1, keepdim=True)
-        return fused_BLD, attention_BXHLN
+        return fused_BLD, torch.stack(recorded, dim=1)
 
     def _call(self, layer: nn.Module, *inputs: torch.Tensor):
+        """Run one layer, recomputing its activations in backward when checkpointing is on."""
         if self.activation_checkpointing and self.training and torch.is_grad_enabled():
             return checkpoint(layer, *inputs, use_reentrant=False)
         return layer(*inputs)
 
+
+class CrossAttentionFusion(FusionModule):
+    """``cross_attention``: one text stream that attends to the image tokens in every layer."""
+
+    layer_class = CrossAttentionLayer
+
+    def text_to_image_attention_modules(self) -> list[MultiHeadAttention]:
+        return [layer.cross_attn.attn for layer in self.layers]
+
     def forward(
         self, text_BLD: torch.Tensor, text_mask_BL: torch.Tensor, image_BND: torch.Tensor
     ) -> torch.Tensor:
-        """Text tokens conditioned on the image; position 0 ([CLS]) summarises the pair."""
-        if self.type == "merged":
-            length = text_BLD.shape[1]
-            types_T = torch.cat(
-                [
-                    torch.zeros(length, dtype=torch.long, device=text_BLD.device),
-                    torch.ones(image_BND.shape[1], dtype=torch.long, device=text_BLD.device),
-                ]
-            )
-            joint_BTD = torch.cat([text_BLD, image_BND], dim=1) + self.modality(types_T)
-            image_mask_BN = text_mask_BL.new_ones(image_BND.shape[:2])
-            joint_mask_BT = torch.cat([text_mask_BL, image_mask_BN], dim=1)
-            for layer in self.layers:
-                joint_BTD = self._call(layer, joint_BTD, joint_mask_BT)
-            return self.norm(joint_BTD[:, :length])
-        if self.type == "co_attention":
-            for layer in self.layers:
-                text_BLD, image_BND = self._call(layer, text_BLD, text_mask_BL, image_BND)
-            return self.norm(text_BLD)
         for layer in self.layers:
             text_BLD = self._call(layer, text_BLD, text_mask_BL, image_BND)
         return self.norm(text_BLD)
+
+
+class GatedFusion(CrossAttentionFusion):
+    """``gated``: the ``cross_attention`` stream, each layer's image update gated per token.
+
+    The gate lives inside ``GatedCrossAttentionLayer``; how tokens flow through the stack and
+    which attention reads the image are those of ``cross_attention``.
+    """
+
+    layer_class = GatedCrossAttentionLayer
+
+
+class MergedFusion(FusionModule):
+    """``merged``: text and image tokens as one sequence through shared self-attention."""
+
+    layer_class = MergedLayer
+
+    def _add_input_modules(self, width: int) -> None:
+        # Which token is text and which is image: one learned vector per modality.
+        self.modality = nn.Embedding(2, width)
+
+    def text_to_image_attention_modules(self) -> list[MultiHeadAttention]:
+        """The joint self-attention: its caption-token queries see text and image keys."""
+        return [layer.self_attn.attn for layer in self.layers]
+
+    def forward(
+        self, text_BLD: torch.Tensor, text_mask_BL: torch.Tensor, image_BND: torch.Tensor
+    ) -> torch.Tensor:
+        length = text_BLD.shape[1]
+        types_T = torch.cat(
+            [
+                torch.zeros(length, dtype=torch.long, device=text_BLD.device),
+                torch.ones(image_BND.shape[1], dtype=torch.long, device=text_BLD.device),
+            ]
+        )
+        joint_BTD = torch.cat([text_BLD, image_BND], dim=1) + self.modality(types_T)
+        image_mask_BN = text_mask_BL.new_ones(image_BND.shape[:2])
+        joint_mask_BT = torch.cat([text_mask_BL, image_mask_BN], dim=1)
+        for layer in self.layers:
+            joint_BTD = self._call(layer, joint_BTD, joint_mask_BT)
+        return self.norm(joint_BTD[:, :length])
+
+    def forward_with_attention(
+        self, text_BLD: torch.Tensor, text_mask_BL: torch.Tensor, image_BND: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The text rows of the joint self-attention, cut to the image columns and
+        renormalised: where, within the image, a token looks, whatever share of its attention
+        it gives to the text. Shapes as in ``FusionModule.forward_with_attention``."""
+        fused_BLD, joint_BXHTT = self._forward_recording_attention(
+            text_BLD, text_mask_BL, image_BND
+        )
+        length = text_BLD.shape[1]
+        attention_BXHLN = joint_BXHTT[..., :length, length:]
+        return fused_BLD, attention_BXHLN / attention_BXHLN.sum(dim=-1, keepdim=True)
+
+
+class CoAttentionFusion(FusionModule):
+    """``co_attention``: a text stream and an image stream that attend to each other."""
+
+    layer_class = CoAttentionLayer
+
+    def text_to_image_attention_modules(self) -> list[MultiHeadAttention]:
+        return [layer.text_from_image.attn for layer in self.layers]
+
+    def forward(
+        self, text_BLD: torch.Tensor, text_mask_BL: torch.Tensor, image_BND: torch.Tensor
+    ) -> torch.Tensor:
+        for layer in self.layers:
+            text_BLD, image_BND = self._call(layer, text_BLD, text_mask_BL, image_BND)
+        return self.norm(text_BLD)
+
+
+# ``model.fusion.type`` -> the variant it builds. A new variant is one class and one entry here
+# (and its name in ``config.FUSION_TYPES``, which validates the key).
+FUSION_VARIANTS: dict[str, type[FusionModule]] = {
+    "cross_attention": CrossAttentionFusion,
+    "merged": MergedFusion,
+    "co_attention": CoAttentionFusion,
+    "gated": GatedFusion,
+}
+
+
+def build_fusion(cfg: FusionConfig, width: int) -> FusionModule:
+    """The fusion variant ``cfg.type`` names, ``cfg.layers`` deep at ``width``."""
+    if cfg.type not in FUSION_VARIANTS:
+        raise ValueError(
+            f"model.fusion.type: got {cfg.type!r}; allowed values are {list(FUSION_VARIANTS)}"
+        )
+    return FUSION_VARIANTS[cfg.type](cfg, width)

@@ -9,7 +9,7 @@ import torch
 from mmpretrain.config import FusionConfig, load_config
 from mmpretrain.data.tokenizer import load_tokenizer
 from mmpretrain.model import FusedEncoder
-from mmpretrain.model.fusion import FusionModule
+from mmpretrain.model.fusion import build_fusion
 from mmpretrain.train.builder import token_ids
 
 FUSION_TYPES = ["cross_attention", "gated", "co_attention", "merged"]
@@ -28,7 +28,7 @@ def inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("fusion", FUSION_TYPES)
 def test_recorded_attention_is_a_distribution_over_image_tokens(fusion: str) -> None:
     torch.manual_seed(0)
-    module = FusionModule(FusionConfig(type=fusion, layers=LAYERS, heads=HEADS), WIDTH).eval()
+    module = build_fusion(FusionConfig(type=fusion, layers=LAYERS, heads=HEADS), WIDTH).eval()
     text_BLD, mask_BL, image_BND = inputs()
     with torch.no_grad():
         fused_BLD, attention_BXHLN = module.forward_with_attention(text_BLD, mask_BL, image_BND)
@@ -49,7 +49,7 @@ def test_recorded_attention_is_a_distribution_over_image_tokens(fusion: str) -> 
 
 def test_merged_attention_is_the_text_rows_over_the_image_columns() -> None:
     torch.manual_seed(0)
-    module = FusionModule(FusionConfig(type="merged", layers=1, heads=HEADS), WIDTH).eval()
+    module = build_fusion(FusionConfig(type="merged", layers=1, heads=HEADS), WIDTH).eval()
     text_BLD, mask_BL, image_BND = inputs()
     joint = module.text_to_image_attention_modules()[0]
     joint.record = True
