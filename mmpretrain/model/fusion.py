@@ -23,6 +23,7 @@ image (for reports and inspection). Recording is off by default, so training run
 
 from __future__ import annotations
 
+import abc
 import math
 
 import torch
@@ -214,7 +215,7 @@ class CoAttentionLayer(nn.Module):
         )
 
 
-class FusionModule(nn.Module):
+class FusionModule(nn.Module, abc.ABC):
     """A stack of fusion layers of one variant, a final norm, and optional checkpointing.
 
     The base of the variants below: what they share is the layer stack, the final norm, the
@@ -239,16 +240,16 @@ class FusionModule(nn.Module):
     def _add_input_modules(self, width: int) -> None:
         """Modules a variant applies to its inputs before the layers; none by default."""
 
+    @abc.abstractmethod
     def text_to_image_attention_modules(self) -> list[MultiHeadAttention]:
         """Per layer, the attention whose queries are caption tokens and whose keys hold the
         image tokens."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def forward(
         self, text_BLD: torch.Tensor, text_mask_BL: torch.Tensor, image_BND: torch.Tensor
     ) -> torch.Tensor:
         """Text tokens conditioned on the image; position 0 ([CLS]) summarises the pair."""
-        raise NotImplementedError
 
     def forward_with_attention(
         self, text_BLD: torch.Tensor, text_mask_BL: torch.Tensor, image_BND: torch.Tensor
