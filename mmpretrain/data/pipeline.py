@@ -19,26 +19,12 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 from mmpretrain.config import DataConfig
 from mmpretrain.data.mixing import mix_sources
 from mmpretrain.data.shards import expand_shards
-from mmpretrain.data.transforms import IMAGE_EXTENSIONS, SampleRules, preprocess_batch
+from mmpretrain.data.transforms import IMAGE_EXTENSIONS, preprocess_batch
 from mmpretrain.data.webdataset_source import ResilientWebDatasetSource
 
 # Members read from each sample (any case); anything else in the tar is ignored.
 MEMBER_SUFFIXES = frozenset([*IMAGE_EXTENSIONS, "txt", "json", "cls"])
 SHARD_FILE_EXTENSIONS = ["tar", "tgz", "gz"]
-
-
-def sample_rules(cfg: DataConfig) -> SampleRules:
-    return SampleRules(
-        image_size=cfg.image_size,
-        max_text_len=cfg.max_text_len,
-        tokenizer=cfg.tokenizer,
-        min_image_side=cfg.min_image_side,
-        max_image_pixels=cfg.max_image_pixels,
-        caption_source=cfg.caption_source,
-        caption_json_field=cfg.caption_json_field,
-        label_template=cfg.label_template,
-        class_names=tuple(cfg.class_names or ()),
-    )
 
 
 def training_shards(cfg: DataConfig, seed: int) -> list[str]:
@@ -79,7 +65,9 @@ def build_dataset(
         preprocess_batch,
         batch_size=None,  # whole read blocks: lets Ray fuse read + preprocess into one task
         batch_format="numpy",
-        fn_kwargs={"rules": sample_rules(cfg), "counter": counter},
+        # The data section itself travels (pickled) to the tasks: one source of the sample
+        # rules for training, evaluation, `data inspect` and reports.
+        fn_kwargs={"cfg": cfg, "counter": counter},
     )
 
 
