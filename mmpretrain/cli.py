@@ -170,10 +170,9 @@ def _convert(args: argparse.Namespace) -> int:
 
 def _inspect(args: argparse.Namespace) -> int:
     from mmpretrain.data.inspect import format_report, inspect_shards
-    from mmpretrain.data.pipeline import sample_rules
 
     cfg = load_config(args.config, args.overrides)
-    report = inspect_shards(args.pattern, sample_rules(cfg.data))
+    report = inspect_shards(args.pattern, cfg.data)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     limit = cfg.data.max_bad_fraction
     if args.strict and report["bad_fraction"] > limit:

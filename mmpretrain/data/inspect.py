@@ -18,14 +18,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from mmpretrain.config import DataConfig
 from mmpretrain.data.quality import SEEN, SKIPPED_PREFIX, bad_fraction
 from mmpretrain.data.shards import expand_shards, iter_shard
-from mmpretrain.data.transforms import (
-    IMAGE_EXTENSIONS,
-    SampleRules,
-    SkipReason,
-    UnusableSampleError,
-)
+from mmpretrain.data.transforms import IMAGE_EXTENSIONS, SkipReason, UnusableSampleError
 from mmpretrain.data.transforms import prepare_sample as check_sample
 
 TRUNCATED_TAR = SkipReason.TRUNCATED_TAR.value
@@ -47,7 +43,7 @@ def _image_side(members: dict[str, Any]) -> int:
         return min(image.size)
 
 
-def inspect_shard(path: str, rules: SampleRules) -> ShardSummary:
+def inspect_shard(path: str, cfg: DataConfig) -> ShardSummary:
     summary = ShardSummary(path=path)
     try:
         for _, raw_members in iter_shard(path):
@@ -55,7 +51,7 @@ def inspect_shard(path: str, rules: SampleRules) -> ShardSummary:
             summary.extensions.update(members.keys())
             summary.counts[SEEN] += 1
             try:
-                _, caption = check_sample(members, rules)
+                _, caption = check_sample(members, cfg)
             except UnusableSampleError as bad:
                 summary.counts[SKIPPED_PREFIX + bad.reason.value] += 1
                 continue
@@ -81,13 +77,13 @@ def _distribution(values: list[int]) -> dict[str, float]:
     }
 
 
-def inspect_shards(pattern: str, rules: SampleRules) -> dict[str, Any]:
+def inspect_shards(pattern: str, cfg: DataConfig) -> dict[str, Any]:
     """A JSON-ready report: per shard and in total, counts by reason and distributions."""
     from tqdm import tqdm  # a progress bar on a terminal, as `data convert` shows
 
     paths = expand_shards(pattern)
     bar = tqdm(paths, unit="shard", desc="inspect", disable=not sys.stderr.isatty())
-    shards = [inspect_shard(path, rules) for path in bar]
+    shards = [inspect_shard(path, cfg) for path in bar]
     total: Counter = Counter()
     extensions: Counter = Counter()
     words: list[int] = []

@@ -8,6 +8,7 @@ tar.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -19,26 +20,14 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 from mmpretrain.config import DataConfig
 from mmpretrain.data.mixing import mix_sources
 from mmpretrain.data.shards import expand_shards
-from mmpretrain.data.transforms import IMAGE_EXTENSIONS, SampleRules, preprocess_batch
+from mmpretrain.data.transforms import IMAGE_EXTENSIONS, preprocess_batch
 from mmpretrain.data.webdataset_source import ResilientWebDatasetSource
 
 # Members read from each sample (any case); anything else in the tar is ignored.
 MEMBER_SUFFIXES = frozenset([*IMAGE_EXTENSIONS, "txt", "json", "cls"])
 SHARD_FILE_EXTENSIONS = ["tar", "tgz", "gz"]
-
-
-def sample_rules(cfg: DataConfig) -> SampleRules:
-    return SampleRules(
-        image_size=cfg.image_size,
-        max_text_len=cfg.max_text_len,
-        tokenizer=cfg.tokenizer,
-        min_image_side=cfg.min_image_side,
-        max_image_pixels=cfg.max_image_pixels,
-        caption_source=cfg.caption_source,
-        caption_json_field=cfg.caption_json_field,
-        label_template=cfg.label_template,
-        class_names=tuple(cfg.class_names or ()),
-    )
+# How torch's warning about a tensor over read-only memory starts (utils/tensor_numpy.cpp).
+NOT_WRITABLE_WARNING = "The given NumPy array is not writable"
 
 
 def training_shards(cfg: DataConfig, seed: int) -> list[str]:
@@ -79,8 +68,37 @@ def build_dataset(
         preprocess_batch,
         batch_size=None,  # whole read blocks: lets Ray fuse read + preprocess into one task
         batch_format="numpy",
-        fn_kwargs={"rules": sample_rules(cfg), "counter": counter},
+        # The data section itself travels (pickled) to the tasks: one source of the sample
+        # rules for training, evaluation, `data inspect` and reports.
+        fn_kwargs={"cfg": cfg, "counter": counter},
     )
+
+
+def shared_tensor(array: np.ndarray) -> torch.Tensor:
+    """A CPU tensor over ``array``'s own memory: no copy, even where that memory is read-only.
+
+    Why the arrays are read-only: Ray stores our batches as Arrow blocks and hands them to
+    ``iter_torch_batches`` through ``pyarrow.Array.to_numpy()``, zero-copy views of immutable
+    Arrow buffers (object-store memory). numpy marks them read-only and will not let them be
+    marked writable (``setflags(write=True)`` refuses: the memory is not the array's). torch has
+    no read-only tensors, so its zero-copy routes (``from_numpy``, ``as_tensor``, ``frombuffer``)
+    warn once per process that writing through the tensor would be undefined (``from_dlpack``
+    is silent only on recent numpy; older numpy, which pyproject allows, refuses to export).
+
+    Why no copy: nothing writes these tensors in place. The training loop and the evaluation
+    only call ``.to(device)`` (the same tensor on CPU, a fresh one on a GPU), and the model only
+    reads them (``masked_fill``, ``.bool()``, ``.to(float)`` all make new tensors);
+    tests/unit/test_collate.py runs a training step and checks their version counters stay 0.
+    A copy would cost a memcpy per batch (9.6 MB of images at the base preset) to guard
+    against a write that does not happen. So the warning is answered here, for that one message
+    only (Ray's own default collation suppresses it the same way), and code that ever needs to
+    write into a batch tensor must ``clone()`` it first.
+    """
+    if array.flags.writeable:
+        return torch.from_numpy(array)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=NOT_WRITABLE_WARNING, category=UserWarning)
+        return torch.from_numpy(array)
 
 
 class CollateBatch(NumpyBatchCollateFn):
@@ -92,7 +110,7 @@ class CollateBatch(NumpyBatchCollateFn):
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         out: dict[str, Any] = {
-            name: torch.from_numpy(batch[name]) for name in ("image", "input_ids", "attention_mask")
+            name: shared_tensor(batch[name]) for name in ("image", "input_ids", "attention_mask")
         }
         out["key"] = [str(key) for key in batch["key"]]
         out["url"] = [str(url) for url in batch["url"]]

@@ -11,13 +11,13 @@ from __future__ import annotations
 import io
 import json
 from collections import Counter
-from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from mmpretrain.config import DataConfig
 from mmpretrain.data.tokenizer import load_tokenizer
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -44,21 +44,6 @@ class UnusableSampleError(ValueError):
         self.reason = reason
 
 
-@dataclass(frozen=True)
-class SampleRules:
-    """What makes a sample usable; built from DataConfig so data tasks need no config import."""
-
-    image_size: int
-    max_text_len: int
-    tokenizer: str
-    min_image_side: int = 16
-    max_image_pixels: int = 50_000_000
-    caption_source: str = "txt"  # txt | json | cls
-    caption_json_field: str = "caption"
-    label_template: str = "a photo of a {label}"
-    class_names: tuple[str, ...] = ()
-
-
 def flatten_to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode -> RGB: transparency composited on white, 16-bit scaled, CMYK converted."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -75,12 +60,12 @@ def flatten_to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode_image(
-    payload: bytes, size: int, min_side: int = 16, max_pixels: int = 50_000_000
-) -> np.ndarray:
-    """Decodes image bytes to a ``size`` x ``size`` RGB uint8 centre crop.
+def decode_image(payload: bytes, cfg: DataConfig) -> np.ndarray:
+    """Decodes image bytes to a ``data.image_size`` square RGB uint8 centre crop.
 
-    Raises UnusableSampleError with the reason when the bytes cannot make a training image.
+    Raises UnusableSampleError with the reason when the bytes cannot make a training image
+    (the size limits are ``data.min_image_side`` and ``data.max_image_pixels``: read from the
+    config itself, so training, ``data inspect`` and reports can never disagree on them).
 
     The pixel count is checked from the header before any pixel is decoded, so a decompression
     bomb costs nothing. ``draft`` lets libjpeg decode at a reduced scale when the source is much
@@ -89,12 +74,13 @@ def decode_image(
     """
     if not payload:
         raise UnusableSampleError(SkipReason.EMPTY_MEMBER)
+    size = cfg.image_size
     try:
         with Image.open(io.BytesIO(payload)) as image:
             width, height = image.size
-            if width * height > max_pixels:
+            if width * height > cfg.max_image_pixels:
                 raise UnusableSampleError(SkipReason.IMAGE_TOO_LARGE, f"{width}x{height}")
-            if min(width, height) < min_side:
+            if min(width, height) < cfg.min_image_side:
                 raise UnusableSampleError(SkipReason.IMAGE_TOO_SMALL, f"{width}x{height}")
             image.draft("RGB", (size, size))
             image.load()  # decode now, inside the try: truncated data fails here
@@ -133,19 +119,19 @@ def _text(payload: Any) -> str:
         raise UnusableSampleError(SkipReason.CAPTION_NOT_UTF8) from exc
 
 
-def extract_caption(members: dict[str, Any], rules: SampleRules) -> str:
+def extract_caption(members: dict[str, Any], cfg: DataConfig) -> str:
     """The caption from ``txt``, a ``json`` field, or a ``cls`` label through the template."""
-    if rules.caption_source == "txt":
+    if cfg.caption_source == "txt":
         raw = members.get("txt")
         if raw is None:
             raise UnusableSampleError(SkipReason.MISSING_CAPTION)
         caption = _text(raw)
-    elif rules.caption_source == "json":
+    elif cfg.caption_source == "json":
         raw = members.get("json")
         if raw is None:
             raise UnusableSampleError(SkipReason.MISSING_CAPTION)
         try:
-            value = json.loads(_text(raw)).get(rules.caption_json_field)
+            value = json.loads(_text(raw)).get(cfg.caption_json_field)
         except (json.JSONDecodeError, AttributeError) as exc:
             raise UnusableSampleError(SkipReason.MISSING_CAPTION, "unreadable json") from exc
         if value is None:
@@ -156,27 +142,25 @@ def extract_caption(members: dict[str, Any], rules: SampleRules) -> str:
         if raw is None:
             raise UnusableSampleError(SkipReason.MISSING_CAPTION)
         label = _text(raw).strip()
-        if label.isdigit() and rules.class_names:
+        if label.isdigit() and cfg.class_names:
             index = int(label)
-            if index >= len(rules.class_names):
+            if index >= len(cfg.class_names):
                 raise UnusableSampleError(SkipReason.MISSING_CAPTION, f"class {index} has no name")
-            label = rules.class_names[index]
-        caption = rules.label_template.format(label=label) if label else ""
+            label = cfg.class_names[index]
+        caption = cfg.label_template.format(label=label) if label else ""
     caption = caption.strip()
     if not caption:
         raise UnusableSampleError(SkipReason.EMPTY_CAPTION)
     return caption
 
 
-def prepare_sample(members: dict[str, Any], rules: SampleRules) -> tuple[np.ndarray, str]:
+def prepare_sample(members: dict[str, Any], cfg: DataConfig) -> tuple[np.ndarray, str]:
     """One sample's members (lower-cased extension -> bytes) -> (image, caption)."""
     image_ext = next((ext for ext in IMAGE_EXTENSIONS if members.get(ext) is not None), None)
     if image_ext is None:
         raise UnusableSampleError(SkipReason.NO_IMAGE)
-    caption = extract_caption(members, rules)
-    image = decode_image(
-        members[image_ext], rules.image_size, rules.min_image_side, rules.max_image_pixels
-    )
+    caption = extract_caption(members, cfg)
+    image = decode_image(members[image_ext], cfg)
     return image, caption
 
 
@@ -203,7 +187,7 @@ def _as_bytes(value: Any) -> bytes | None:
 
 
 def preprocess_rows(
-    batch: dict[str, np.ndarray], rules: SampleRules
+    batch: dict[str, np.ndarray], cfg: DataConfig
 ) -> tuple[dict[str, np.ndarray], Counter]:
     """Raw WebDataset rows -> training-ready arrays, plus counts of seen and skipped samples."""
     # "JPG" and "jpg" members of different samples arrive as separate columns: merge by case.
@@ -230,7 +214,7 @@ def preprocess_rows(
             for lower, names in columns.items()
         }
         try:
-            image, caption = prepare_sample(members, rules)
+            image, caption = prepare_sample(members, cfg)
         except UnusableSampleError as bad:
             counts[f"skipped_{bad.reason.value}"] += 1
             continue
@@ -240,9 +224,9 @@ def preprocess_rows(
         kept.append(key)
         kept_urls.append(urls[index])
 
-    size, length = rules.image_size, rules.max_text_len
+    size, length = cfg.image_size, cfg.max_text_len
     if captions:
-        input_ids, attention_mask = load_tokenizer(rules.tokenizer).encode(captions, length)
+        input_ids, attention_mask = load_tokenizer(cfg.tokenizer).encode(captions, length)
         image_array = np.stack(images)
     else:
         input_ids = np.zeros((0, length), dtype=np.int64)
@@ -260,11 +244,11 @@ def preprocess_rows(
 
 
 def preprocess_batch(
-    batch: dict[str, np.ndarray], rules: SampleRules, counter: str | None = None
+    batch: dict[str, np.ndarray], cfg: DataConfig, counter: str | None = None
 ) -> dict[str, np.ndarray]:
     """The ``map_batches`` step: preprocess, then book the counts with the run's counter."""
     from mmpretrain.data import quality  # imports ray: not needed by convert's processes
 
-    out, counts = preprocess_rows(batch, rules)
+    out, counts = preprocess_rows(batch, cfg)
     quality.report(counter, counts)
     return out

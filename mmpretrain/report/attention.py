@@ -20,7 +20,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mmpretrain.data.pipeline import sample_rules
 from mmpretrain.data.shards import expand_shards, iter_shard
 from mmpretrain.data.transforms import UnusableSampleError, prepare_sample
 from mmpretrain.errors import CheckpointError, ReportError
@@ -74,15 +73,15 @@ def held_out_pairs(
     Read without Ray, with the training pipeline's own sample rules: a pair shown here is one
     the evaluation used.
     """
-    pattern = pattern or model.config.data.val
+    data = model.config.data
+    pattern = pattern or data.val
     if not pattern:
         raise ReportError("figure 2 needs held-out pairs: the run has no data.val; pass --data")
-    rules = sample_rules(model.config.data)
     pairs: list[tuple[np.ndarray, str]] = []
     for path in expand_shards(pattern):
         for _, members in iter_shard(path):
             try:
-                pairs.append(prepare_sample({k.lower(): v for k, v in members.items()}, rules))
+                pairs.append(prepare_sample({k.lower(): v for k, v in members.items()}, data))
             except UnusableSampleError:
                 continue
             if len(pairs) == count:

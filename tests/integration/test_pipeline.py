@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
+import numpy as np
 import pytest
 import torch
 
 from mmpretrain.config import load_config
-from mmpretrain.data.pipeline import build_dataset, collate_batch
+from mmpretrain.data.pipeline import (
+    NOT_WRITABLE_WARNING,
+    CollateBatch,
+    build_dataset,
+    collate_batch,
+)
 from mmpretrain.data.shards import expand_shards, iter_shard
 
 pytestmark = pytest.mark.integration
@@ -67,3 +76,35 @@ def test_sources_are_mixed_by_weight_through_the_pipeline(local_ray, synth_data,
     by_source = {name: sum(k.startswith(name) for k in keys) for name in "ab"}
     # 8 shards in all: 6 drawn from a (4 shards, two of them twice), 2 from b.
     assert by_source == {"a": 6 * 8, "b": 2 * 8}
+
+
+class WatchedCollate(CollateBatch):
+    """``collate_batch`` that also notes, per batch, whether Ray's arrays arrived read-only and
+    whether the tensors share their memory."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.read_only: list[bool] = []
+        self.shared: list[bool] = []
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        out = super().__call__(batch)
+        for name in ("image", "input_ids", "attention_mask"):
+            self.read_only.append(not batch[name].flags.writeable)
+            self.shared.append(out[name].data_ptr() == batch[name].ctypes.data)
+        return out
+
+
+def test_ray_batches_are_read_only_and_collate_shares_them_silently(local_ray, synth_data):
+    cfg = load_config("tiny", [f"data.tokenizer={synth_data['tokenizer']}"])
+    dataset = build_dataset(str(synth_data["val"]), cfg.data)
+    collate = WatchedCollate()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        images = [b["image"] for b in dataset.iter_torch_batches(batch_size=16, collate_fn=collate)]
+    assert sum(len(image) for image in images) > 0
+    # The cause: Ray hands over views of immutable Arrow buffers. The fix: shared, not copied,
+    # and torch's warning about it does not reach the training loop.
+    assert collate.read_only and all(collate.read_only)
+    assert all(collate.shared)
+    assert not [w for w in caught if NOT_WRITABLE_WARNING in str(w.message)]

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import io
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from mmpretrain.config import DataConfig
 from mmpretrain.data.shards import expand_shards, iter_shard
-from mmpretrain.data.transforms import SampleRules, decode_image, preprocess_rows
+from mmpretrain.data.transforms import (
+    SkipReason,
+    UnusableSampleError,
+    decode_image,
+    preprocess_rows,
+)
 from tests.badshards import BAD_REASONS, BLUE, RED, WHITE, odd_images, write_mixed_shards
 
 
@@ -31,13 +39,13 @@ def test_mixed_shards_keep_exactly_the_usable_keys_and_count_the_rest(
     synth_data, tmp_path: Path
 ) -> None:
     kinds = write_mixed_shards(tmp_path, good=10)
-    rules = SampleRules(image_size=32, max_text_len=16, tokenizer=str(synth_data["tokenizer"]))
+    cfg = DataConfig(image_size=32, max_text_len=16, tokenizer=str(synth_data["tokenizer"]))
     kept: list[str] = []
     counts: Counter = Counter()
     paths = expand_shards(str(tmp_path))
     assert [Path(p).name for p in paths] == ["00000.tar", "00001.tar.gz"]
     for path in paths:
-        batch, batch_counts = preprocess_rows(rows_of(path), rules)
+        batch, batch_counts = preprocess_rows(rows_of(path), cfg)
         assert batch["image"].shape[1:] == (32, 32, 3) and batch["image"].dtype == np.uint8
         assert len(batch["key"]) == len(batch["input_ids"]) == len(batch["image"])
         kept.extend(batch["key"])
@@ -65,7 +73,7 @@ def test_mixed_shards_keep_exactly_the_usable_keys_and_count_the_rest(
 )
 def test_odd_images_decode_to_the_right_rgb(key: str, top, bottom) -> None:
     _, payload = odd_images()[key]
-    image = decode_image(payload, 32)
+    image = decode_image(payload, DataConfig(image_size=32))
     assert image.shape == (32, 32, 3) and image.dtype == np.uint8
     assert close_to(image[2, 16], top), image[2, 16]
     assert close_to(image[29, 16], bottom), image[29, 16]
@@ -81,9 +89,36 @@ def test_caption_from_json_field_and_from_class_label(synth_data) -> None:
     }
     tokenizer = str(synth_data["tokenizer"])
     batch, counts = preprocess_rows(
-        rows, SampleRules(32, 16, tokenizer, caption_source="json", caption_json_field="text")
+        rows,
+        DataConfig(
+            image_size=32,
+            max_text_len=16,
+            tokenizer=tokenizer,
+            caption_source="json",
+            caption_json_field="text",
+        ),
     )
     assert list(batch["key"]) == ["a"] and counts["skipped_missing_caption"] == 2
-    rules = SampleRules(32, 16, tokenizer, caption_source="cls", class_names=("cat", "dog"))
-    batch, counts = preprocess_rows(rows, rules)
+    cfg = DataConfig(
+        image_size=32,
+        max_text_len=16,
+        tokenizer=tokenizer,
+        caption_source="cls",
+        class_names=["cat", "dog"],
+    )
+    batch, counts = preprocess_rows(rows, cfg)
     assert list(batch["key"]) == ["a", "b"] and counts["skipped_missing_caption"] == 1
+
+
+def test_size_limits_are_read_from_the_data_config() -> None:
+    # One image, three configs: the limits are the config's, not defaults hidden in decode.
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 40), RED).save(buffer, format="PNG")
+    payload = buffer.getvalue()
+    assert decode_image(payload, DataConfig(image_size=32)).shape == (32, 32, 3)
+    with pytest.raises(UnusableSampleError) as small:
+        decode_image(payload, DataConfig(image_size=32, min_image_side=41))
+    assert small.value.reason is SkipReason.IMAGE_TOO_SMALL
+    with pytest.raises(UnusableSampleError) as large:
+        decode_image(payload, DataConfig(image_size=32, max_image_pixels=64 * 40 - 1))
+    assert large.value.reason is SkipReason.IMAGE_TOO_LARGE

@@ -12,9 +12,10 @@ import pytest
 from PIL import Image
 
 from mmpretrain.cli import main
+from mmpretrain.config import DataConfig
 from mmpretrain.data.convert import ConvertError, ConvertOptions, convert
 from mmpretrain.data.shards import expand_shards, iter_shard
-from mmpretrain.data.transforms import SampleRules, preprocess_rows
+from mmpretrain.data.transforms import preprocess_rows
 
 
 def _image(path: Path, size: tuple[int, int], colour=(200, 30, 30)) -> None:
@@ -113,7 +114,9 @@ def test_converted_shards_feed_the_training_preprocess(tmp_path: Path, synth_dat
         "jpg": np.array([m["jpg"] for m in samples.values()], dtype=object),
         "txt": np.array([m["txt"] for m in samples.values()], dtype=object),
     }
-    batch, counts = preprocess_rows(rows, SampleRules(32, 12, str(synth_data["tokenizer"])))
+    batch, counts = preprocess_rows(
+        rows, DataConfig(image_size=32, max_text_len=12, tokenizer=str(synth_data["tokenizer"]))
+    )
     assert len(batch["key"]) == 4 and counts == {"seen": 4}
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mmpretrain.config import DataConfig
 from mmpretrain.data.shards import ShardPatternError, expand_shards, iter_shard, write_shard
 from mmpretrain.data.synth import SHAPES, write_synthetic_shards
 from mmpretrain.data.tokenizer import load_tokenizer
@@ -108,7 +109,7 @@ def test_tokenizer_folder_errors_are_clear(tmp_path: Path) -> None:
 def test_decode_crops_to_a_uint8_square() -> None:
     buffer = io.BytesIO()
     Image.new("RGB", (300, 120), (255, 0, 0)).save(buffer, format="PNG")
-    image = decode_image(buffer.getvalue(), 64)
+    image = decode_image(buffer.getvalue(), DataConfig(image_size=64))
     assert image.shape == (64, 64, 3) and image.dtype == np.uint8
     assert (image[..., 0] > 250).all()
 

@@ -6,15 +6,15 @@ import json
 from pathlib import Path
 
 from mmpretrain.cli import main
+from mmpretrain.config import DataConfig
 from mmpretrain.data.inspect import inspect_shards
-from mmpretrain.data.transforms import SampleRules
 from tests.badshards import BAD_REASONS, write_mixed_shards, write_truncated_copy
 
 
 def test_inspect_counts_samples_reasons_and_damage(tmp_path: Path) -> None:
     kinds = write_mixed_shards(tmp_path, good=10)
     write_truncated_copy(tmp_path)
-    report = inspect_shards(str(tmp_path), SampleRules(32, 16, tokenizer=""))
+    report = inspect_shards(str(tmp_path), DataConfig(image_size=32, max_text_len=16))
     first, second, damaged = report["shards"]
     assert first["samples"] + second["samples"] == sum(len(v) for v in kinds.values())
     expected: dict[str, int] = {}
@@ -41,3 +41,12 @@ def test_cli_inspect_json_and_strict(tmp_path: Path, capsys) -> None:
     capsys.readouterr()
     assert main(["data", "inspect", str(tmp_path), "--strict", "data.max_bad_fraction=0.2"]) == 1
     assert "more than data.max_bad_fraction=0.2" in capsys.readouterr().err
+
+
+def test_cli_inspect_applies_data_overrides_to_the_sample_rules(tmp_path: Path, capsys) -> None:
+    kinds = write_mixed_shards(tmp_path, good=10)
+    # The good images are 96 px: a larger minimum side makes every decodable one too small.
+    assert main(["data", "inspect", str(tmp_path), "--json", "data.min_image_side=97"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["skipped"]["image_too_small"] >= len(kinds["good"])
+    assert report["image_shorter_side"] == {}  # nothing usable left

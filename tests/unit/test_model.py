@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from mmpretrain.config import load_config
+from mmpretrain.config import DataConfig, load_config
 from mmpretrain.data.synth import synth_sample
 from mmpretrain.data.tokenizer import load_tokenizer
-from mmpretrain.data.transforms import SampleRules, preprocess_rows
+from mmpretrain.data.transforms import preprocess_rows
 from mmpretrain.model import PretrainingTask, TokenIds, build_task
 
 
@@ -23,7 +23,9 @@ def make_batch(
         "jpg": np.array([jpeg for jpeg, _ in samples], dtype=object),
         "txt": np.array([caption.encode() for _, caption in samples], dtype=object),
     }
-    batch, _ = preprocess_rows(raw, SampleRules(image_size, max_len, str(tokenizer_dir)))
+    batch, _ = preprocess_rows(
+        raw, DataConfig(image_size=image_size, max_text_len=max_len, tokenizer=str(tokenizer_dir))
+    )
     return {
         name: torch.from_numpy(batch[name]) for name in ("image", "input_ids", "attention_mask")
     }
