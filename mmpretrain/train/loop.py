@@ -37,7 +37,7 @@ from mmpretrain.train.evaluation import evaluate
 from mmpretrain.train.log_sync import pull_logs, push_logs
 from mmpretrain.train.position import DataPosition, gather_position
 from mmpretrain.train.progress import ProgressLog, console
-from mmpretrain.train.quiet import quiet_worker
+from mmpretrain.train.quiet import library_prints, quiet_worker
 from mmpretrain.train.state import TrainState
 
 
@@ -103,7 +103,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     source = None
     if checkpoint is not None:
         source = plan_resume(checkpoint, world, cfg.train.zero_stage, cfg.run_dir, rank)
-    engine = build_engine(task, cfg, load_universal=source is not None and source.universal)
+    with library_prints(cfg.observe.verbose):
+        engine = build_engine(task, cfg, load_universal=source is not None and source.universal)
     state = TrainState()
     if source is not None:
         state = restore(engine, source)

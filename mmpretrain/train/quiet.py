@@ -16,7 +16,9 @@ top of its loop (``quiet_worker``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import logging
 import os
 import tempfile
@@ -94,6 +96,28 @@ def quiet_worker(verbose: bool) -> None:
         logging.getLogger(name).addFilter(_errors_only)
     warnings.filterwarnings("ignore", category=FutureWarning, module=LIBRARY_WARNINGS)
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=LIBRARY_WARNINGS)
+
+
+def library_prints(verbose: bool) -> contextlib.AbstractContextManager:
+    """Around library set-up that ``print``s to stdout (DeepSpeed: "... built successfully"):
+    the lines go to the worker's log (Ray Train's app log file), not to the console."""
+    if verbose:
+        return contextlib.nullcontext()
+    return contextlib.redirect_stdout(_LogStream(logging.getLogger("mmpretrain.library")))
+
+
+class _LogStream(io.TextIOBase):
+    """A text stream whose complete lines become INFO records of ``logger``."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger, self._partial = logger, ""
+
+    def write(self, text: str) -> int:
+        *lines, self._partial = (self._partial + text).split("\n")
+        for line in lines:
+            if line.strip():
+                self.logger.info(line)
+        return len(text)
 
 
 def ray_data_logging_file() -> Path:

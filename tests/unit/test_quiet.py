@@ -79,3 +79,20 @@ def test_ray_data_console_is_raised_and_its_log_file_keeps_everything(monkeypatc
     finally:
         monkeypatch.delenv(RAY_DATA_LOGGING_ENV)
         data_logging.configure_logging()  # back to Ray Data's defaults for other tests
+
+
+def test_library_prints_go_to_the_log_not_the_console(capsys, caplog) -> None:
+    from mmpretrain.train.quiet import library_prints
+
+    with caplog.at_level(logging.INFO, logger="mmpretrain.library"):
+        with library_prints(verbose=False):
+            print("DeepSpeed op built successfully")
+            print("in two", end=" ")
+            print("writes")
+        with library_prints(verbose=True):
+            print("shown when verbose")
+    assert capsys.readouterr().out == "shown when verbose\n"
+    assert [r.getMessage() for r in caplog.records] == [
+        "DeepSpeed op built successfully",
+        "in two writes",
+    ]
