@@ -60,19 +60,20 @@ def train_logging(verbose: bool) -> ray.train.LoggingConfig:
 def quiet_driver(verbose: bool, embedded: bool) -> None:
     """Driver-side switches, before ``ray.init`` and before any dataset is built.
 
-    Datasets carry a copy of the driver's DataContext to where they execute (the split
-    coordinator actor, the workers), so the execution-plan switch set here travels with them.
     An embedded Ray's processes inherit the driver's environment, which is how the Ray Data
-    logging of actors mmpretrain runs no code in (the split coordinator) is reached; a cluster
-    joined by address keeps its own.
+    logging of actors mmpretrain runs no code in (the split coordinator) is reached: its
+    console handler is raised, its log file keeps everything. A cluster joined by address
+    keeps its own environment; there the execution-plan lines are switched off in the
+    DataContext, which datasets carry from the driver to where they execute.
     """
     if verbose:
         return
-    DataContext.get_current().print_on_execution_start = False  # "Execution plan of ..."
     # Ray Train's own data ingest builds ExecutionOptions in a way Ray Data has deprecated.
     warnings.filterwarnings("ignore", category=ray.util.annotations.RayDeprecationWarning)
     if embedded:
         os.environ[RAY_DATA_LOGGING_ENV] = str(ray_data_logging_file())
+    else:  # no say over the split coordinator's logging: drop its plan lines at the source
+        DataContext.get_current().print_on_execution_start = False  # "Execution plan of ..."
 
 
 def quiet_worker(verbose: bool) -> None:
