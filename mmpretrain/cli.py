@@ -25,6 +25,24 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_verbose_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show Ray's own log lines (same as observe.verbose=true)",
+    )
+
+
+def _run_overrides(args: argparse.Namespace) -> list[str]:
+    """The dotted overrides with what the run flags stand for appended, so they win."""
+    overrides = list(args.overrides)
+    if getattr(args, "address", None):
+        overrides.append(f"cluster.address={args.address}")
+    if args.verbose:
+        overrides.append("observe.verbose=true")
+    return overrides
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmpretrain", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -90,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="Ray cluster address (default: RAY_ADDRESS, else an embedded Ray)",
     )
+    _add_verbose_arg(train)
 
     evaluate = commands.add_parser(
         "eval", help="retrieval, ITM re-ranking and zero-shot metrics of a run/checkpoint/export"
@@ -102,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else local)"
     )
+    _add_verbose_arg(evaluate)
     evaluate.add_argument("overrides", nargs="*", metavar="key.path=value")
 
     export = commands.add_parser(
@@ -138,11 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="synthetic data -> tiny model -> retrieval eval")
     demo.add_argument("--runs-dir", default="runs")
+    _add_verbose_arg(demo)
     demo.add_argument("overrides", nargs="*", metavar="key.path=value")
     return parser
 
 
 def _print_result(result) -> None:  # result: mmpretrain.train.launch.TrainResult
+    """Where things are, then the final evaluation table: printed here, once, and not by the
+    workers (see train/loop.py ``_evaluate_and_report``), so it comes last and whole."""
     from mmpretrain.evaluate.report import format_table
 
     print(f"\nrun directory: {result.run_dir}")
@@ -189,10 +212,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from mmpretrain.evaluate.report import format_table
     from mmpretrain.train.eval_job import run_evaluation
 
-    overrides = list(args.overrides)
-    if args.address:
-        overrides.append(f"cluster.address={args.address}")
-    metrics = run_evaluation(args.checkpoint, args.data, overrides)
+    metrics = run_evaluation(args.checkpoint, args.data, _run_overrides(args))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(metrics, indent=2))
@@ -240,10 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "train":
             from mmpretrain.train.launch import run_training
 
-            overrides = list(args.overrides)
-            if args.address:
-                overrides.append(f"cluster.address={args.address}")
-            _print_result(run_training(load_config(args.config, overrides)))
+            _print_result(run_training(load_config(args.config, _run_overrides(args))))
         elif args.command == "eval":
             return _evaluate(args)
         elif args.command == "export":
@@ -262,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "demo":
             from mmpretrain.demo import run_demo
 
-            _print_result(run_demo(args.runs_dir, args.overrides))
+            _print_result(run_demo(args.runs_dir, _run_overrides(args)))
     except (ConfigError, FileNotFoundError, CheckpointError, ReportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -504,6 +504,11 @@ class ObserveConfig:
         "Address the observe.metrics_port server binds to (0.0.0.0 for other machines).",
         default="127.0.0.1",
     )
+    verbose: bool = doc(
+        "Also show Ray's own log lines (cluster start, Ray Data plans, Ray Train reports) and "
+        "library deprecation notices on the console; false leaves them in Ray's log files.",
+        default=False,
+    )
 
     def __post_init__(self) -> None:
         if self.metrics_port is not None:

@@ -31,6 +31,7 @@ from mmpretrain.train.checkpoint.consolidate import (
     source_config,
 )
 from mmpretrain.train.launch import check_resources, connect
+from mmpretrain.train.quiet import quiet_worker, train_logging
 
 RESULT_FILE = "metrics.json"
 
@@ -39,6 +40,7 @@ def eval_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import torch
 
     cfg: RunConfig = config_from_dict(loop_config["config"])
+    quiet_worker(cfg.observe.verbose)
     device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
     torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
     tokenizer = load_tokenizer(cfg.data.tokenizer)
@@ -79,7 +81,9 @@ def run_evaluation(
                 use_gpu=cfg.train.use_gpu,
                 resources_per_worker={"CPU": cfg.train.cpus_per_worker},
             ),
-            run_config=ray.train.RunConfig(name="eval", storage_path=storage),
+            run_config=ray.train.RunConfig(
+                name="eval", storage_path=storage, logging_config=train_logging(cfg.observe.verbose)
+            ),
             datasets={"val": build_dataset(shards, cfg.data)},
             dataset_config=ray.train.DataConfig(
                 datasets_to_split=[],

@@ -29,6 +29,7 @@ from mmpretrain.data.tokenizer import load_tokenizer
 from mmpretrain.errors import ResourceError
 from mmpretrain.metrics import scrape_targets
 from mmpretrain.train.loop import LoopSettings, train_loop_per_worker
+from mmpretrain.train.quiet import driver_logging, quiet_driver, train_logging
 
 DATA_CPUS_EMBEDDED = 2  # logical CPUs left to Ray Data in an embedded cluster
 RAY_RUN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of a run
@@ -56,15 +57,27 @@ def embedded_cpus(cfg: RunConfig) -> int:
 
 
 def connect(cfg: RunConfig) -> None:
-    """Joins ``cluster.address`` (or RAY_ADDRESS) if given, else starts an embedded Ray."""
+    """Joins ``cluster.address`` (or RAY_ADDRESS) if given, else starts an embedded Ray.
+
+    Workers' output is forwarded (log_to_driver): rank 0's progress lines, warnings and tables
+    reach the console that way. Ray's own lines stay in its log files unless observe.verbose
+    (see train/quiet.py).
+    """
+    address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
+    quiet_driver(cfg.observe.verbose, embedded=not address and not ray.is_initialized())
     if ray.is_initialized():
         return
-    address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
+    logging_config = driver_logging(cfg.observe.verbose)
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, logging_config=logging_config)
     else:
         # "local": always a fresh instance, never some other cluster left on this machine.
-        ray.init(address="local", num_cpus=embedded_cpus(cfg), log_to_driver=True)
+        ray.init(
+            address="local",
+            num_cpus=embedded_cpus(cfg),
+            log_to_driver=True,
+            logging_config=logging_config,
+        )
 
 
 def check_resources(cfg: RunConfig) -> None:
@@ -212,6 +225,7 @@ def run_training(cfg: RunConfig) -> TrainResult:
         run_config=ray.train.RunConfig(
             name=cfg.train.run_name,
             storage_path=cfg.train.storage_path,  # absolute, or a URI
+            logging_config=train_logging(cfg.observe.verbose),
             # Retention is ours (checkpoint.keep): Ray cannot tell complete from not.
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
             # A restarted worker group resumes in train_loop_per_worker, from the run

@@ -39,6 +39,7 @@ from mmpretrain.train.checkpoint.save import (
 from mmpretrain.train.engine import average_buffers, build_engine, update_momentum_encoder
 from mmpretrain.train.position import DataPosition, gather_position
 from mmpretrain.train.progress import ProgressLog
+from mmpretrain.train.quiet import library_prints, quiet_worker
 from mmpretrain.train.state import TrainState
 
 
@@ -95,6 +96,7 @@ def _draw_seed(seed: int, rank: int, samples_seen: int) -> int:
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     settings = LoopSettings(**loop_config)
     cfg: RunConfig = config_from_dict(settings.config)
+    quiet_worker(cfg.observe.verbose)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
@@ -114,7 +116,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     source = None
     if checkpoint is not None:
         source = plan_resume(checkpoint, world, cfg.train.zero_stage, cfg.run_dir, rank)
-    engine = build_engine(task, cfg, load_universal=source is not None and source.universal)
+    with library_prints(cfg.observe.verbose):
+        engine = build_engine(task, cfg, load_universal=source is not None and source.universal)
     state = TrainState()
     if source is not None:
         state = restore(engine, source)
@@ -204,7 +207,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             periodic = has_val and cfg.eval.every and state.step % cfg.eval.every == 0
             if periodic and state.step < cfg.train.max_steps:  # the last one follows the loop
                 metrics.on_eval(
-                    _evaluate_and_report(engine, cfg, tokenizer, device, state.step, rank)
+                    _evaluate_and_report(
+                        engine, cfg, tokenizer, device, state.step, rank, print_table=True
+                    )
                 )
 
             if state.step >= last_step:
@@ -221,7 +226,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # Held-out evaluation at the end (collective: every rank takes its stripe of the work);
     # not when train.stop_at paused the run early.
     if has_val and state.step >= cfg.train.max_steps:
-        results = _evaluate_and_report(engine, cfg, tokenizer, device, state.step, rank)
+        # The driver prints this one (mmpretrain/cli.py), after the run, from eval.json.
+        results = _evaluate_and_report(
+            engine, cfg, tokenizer, device, state.step, rank, print_table=False
+        )
         metrics.on_eval(results)
         if rank == 0:
             (cfg.run_dir / "eval.json").write_text(json.dumps(results, indent=2))
@@ -229,9 +237,20 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 
 def _evaluate_and_report(
-    engine: Any, cfg: RunConfig, tokenizer: Any, device: torch.device, step: int, rank: int
+    engine: Any,
+    cfg: RunConfig,
+    tokenizer: Any,
+    device: torch.device,
+    step: int,
+    rank: int,
+    print_table: bool,
 ) -> dict[str, float]:
-    """The same evaluation ``mmpretrain eval`` runs, on the live (possibly sharded) model."""
+    """The same evaluation ``mmpretrain eval`` runs, on the live (possibly sharded) model.
+
+    Rank 0 prints the table of a periodic evaluation (eval.every) as training goes; the final
+    table is printed once, by the driver, after the run: forwarded worker output may arrive
+    after the driver's own last lines, and the driver has the result in eval.json anyway.
+    """
     average_buffers(engine.module)
     held_out = ray.train.get_dataset_shard("val").iter_torch_batches(
         batch_size=cfg.data.batch_size, collate_fn=collate_batch
@@ -241,6 +260,7 @@ def _evaluate_and_report(
     if rank == 0:
         with (cfg.run_dir / "eval.jsonl").open("a") as history:
             history.write(json.dumps(metrics) + "\n")
-        console(format_table(metrics))
+        if print_table:
+            console(format_table(metrics))
     ray.train.report(metrics)
     return metrics
