@@ -1,4 +1,12 @@
-"""Command line: parse, load config, call the library. No logic of its own."""
+"""Pretrain fused image-text encoders (ResNet + BERT + cross-modal fusion) on Ray.
+
+Make or convert WebDataset shards, train on an embedded local Ray or a cluster, resume by
+running the same command again, evaluate, export and report. Every run is described by one
+config: a preset or YAML file plus dotted overrides (`mmpretrain config keys` lists them).
+"""
+
+# The CLI only parses, loads the config and calls the library: no logic of its own. Each
+# command's handler is attached with set_defaults(handler=...) next to its parser.
 
 from __future__ import annotations
 
@@ -6,7 +14,8 @@ import argparse
 import dataclasses
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from importlib import metadata
 from pathlib import Path
 
 from mmpretrain.config import ConfigError, describe_fields, load_config, preset_names
@@ -44,13 +53,24 @@ def _run_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mmpretrain", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="mmpretrain",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {metadata.version('mmpretrain')}"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     config = commands.add_parser("config", help="show the resolved config or its keys")
     config_commands = config.add_subparsers(dest="action", required=True)
-    _add_config_args(config_commands.add_parser("show", help="print the resolved config"))
-    config_commands.add_parser("keys", help="list every key with its description")
+    show = config_commands.add_parser("show", help="print the resolved config")
+    _add_config_args(show)
+    show.set_defaults(handler=_config_show)
+    config_commands.add_parser("keys", help="list every key with its description").set_defaults(
+        handler=_config_keys
+    )
 
     data = commands.add_parser("data", help="make or look at shards")
     data_commands = data.add_subparsers(dest="action", required=True)
@@ -66,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="offset of sample indices (use a large one for a held-out split)",
     )
+    synth.set_defaults(handler=_synth)
 
     convert = data_commands.add_parser(
         "convert", help="local images + captions (table or folder) -> img2dataset shards"
@@ -81,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--processes", type=int, default=1)
     convert.add_argument("--image-column", default="image")
     convert.add_argument("--caption-column", default="caption")
+    convert.set_defaults(handler=_convert)
 
     inspect = data_commands.add_parser(
         "inspect", help="count samples, bad samples by reason, caption and image sizes"
@@ -93,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit 1 when the unusable share passes data.max_bad_fraction",
     )
     _add_config_args(inspect)
+    inspect.set_defaults(handler=_inspect)
 
     tokenizer = commands.add_parser("tokenizer", help="train a WordPiece tokenizer")
     tokenizer_commands = tokenizer.add_subparsers(dest="action", required=True)
@@ -100,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     tok_train.add_argument("--data", required=True, help="shard pattern")
     tok_train.add_argument("--out", required=True)
     tok_train.add_argument("--vocab-size", type=int, default=1000)
+    tok_train.set_defaults(handler=_tokenizer_train)
 
     train = commands.add_parser("train", help="pretrain (resumes if the run directory exists)")
     _add_config_args(train)
@@ -109,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Ray cluster address (default: RAY_ADDRESS, else an embedded Ray)",
     )
     _add_verbose_arg(train)
+    train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser(
         "eval", help="retrieval, ITM re-ranking and zero-shot metrics of a run/checkpoint/export"
@@ -123,12 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_verbose_arg(evaluate)
     evaluate.add_argument("overrides", nargs="*", metavar="key.path=value")
+    evaluate.set_defaults(handler=_evaluate)
 
     export = commands.add_parser(
         "export", help="checkpoint -> one safetensors file + config + tokenizer"
     )
     export.add_argument("--checkpoint", required=True, help="run directory or checkpoint folder")
     export.add_argument("--out", required=True, help="export folder to write")
+    export.set_defaults(handler=_export)
 
     checkpoints = commands.add_parser("checkpoints", help="look at a run's checkpoints")
     checkpoint_commands = checkpoints.add_subparsers(dest="action", required=True)
@@ -136,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         "list", help="each checkpoint's step, completeness (manifest and checksums) and size"
     )
     listing.add_argument("run", help="run directory (train.storage_path/train.run_name)")
+    listing.set_defaults(handler=_checkpoints_list)
 
     report = commands.add_parser(
         "report", help="figures (convergence, attention, comparison) and report.md of a run"
@@ -155,11 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--data", default=None, help="shard pattern of those pairs (default: the run's data.val)"
     )
+    report.set_defaults(handler=_report)
 
     demo = commands.add_parser("demo", help="synthetic data -> tiny model -> retrieval eval")
     demo.add_argument("--runs-dir", default="runs")
     _add_verbose_arg(demo)
     demo.add_argument("overrides", nargs="*", metavar="key.path=value")
+    demo.set_defaults(handler=_demo)
     return parser
 
 
@@ -221,6 +251,70 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_show(args: argparse.Namespace) -> int:
+    print(load_config(args.config, args.overrides).to_yaml(), end="")
+    return 0
+
+
+def _config_keys(args: argparse.Namespace) -> int:
+    for key, text in describe_fields():
+        print(f"{key:<28} {text}")
+    return 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from mmpretrain.data.synth import write_synthetic_shards
+
+    paths = write_synthetic_shards(
+        args.out, args.samples, args.shard_size, args.seed, args.image_side, args.first_index
+    )
+    print(f"wrote {args.samples} samples in {len(paths)} shards to {args.out}")
+    return 0
+
+
+def _tokenizer_train(args: argparse.Namespace) -> int:
+    from mmpretrain.data.tokenizer import load_tokenizer, train_tokenizer
+
+    out = train_tokenizer(args.data, args.out, args.vocab_size)
+    print(f"saved tokenizer ({load_tokenizer(str(out)).vocab_size} tokens) to {out}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from mmpretrain.train.launch import run_training
+
+    _print_result(run_training(load_config(args.config, _run_overrides(args))))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from mmpretrain.train.checkpoint.export import export
+
+    print(f"exported to {export(args.checkpoint, args.out)}")
+    return 0
+
+
+def _checkpoints_list(args: argparse.Namespace) -> int:
+    from mmpretrain.train.checkpoint.manifest import format_listing, list_checkpoints
+
+    print(format_listing(list_checkpoints(args.run)))  # a path or a URI
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from mmpretrain.report import write_report
+
+    print(f"report written to {write_report(args.run, args.compare, args.pairs, args.data)}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from mmpretrain.demo import run_demo
+
+    _print_result(run_demo(args.runs_dir, _run_overrides(args)))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     # Overrides may follow options (`inspect DIR --strict data.x=1`), which argparse's
@@ -230,60 +324,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any("=" not in item for item in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
+    handler: Callable[[argparse.Namespace], int] = args.handler
     try:
-        if args.command == "config" and args.action == "show":
-            print(load_config(args.config, args.overrides).to_yaml(), end="")
-        elif args.command == "config":
-            for key, text in describe_fields():
-                print(f"{key:<28} {text}")
-        elif args.command == "data" and args.action == "inspect":
-            return _inspect(args)
-        elif args.command == "data" and args.action == "convert":
-            return _convert(args)
-        elif args.command == "data":
-            from mmpretrain.data.synth import write_synthetic_shards
-
-            paths = write_synthetic_shards(
-                args.out,
-                args.samples,
-                args.shard_size,
-                args.seed,
-                args.image_side,
-                args.first_index,
-            )
-            print(f"wrote {args.samples} samples in {len(paths)} shards to {args.out}")
-        elif args.command == "tokenizer":
-            from mmpretrain.data.tokenizer import load_tokenizer, train_tokenizer
-
-            out = train_tokenizer(args.data, args.out, args.vocab_size)
-            print(f"saved tokenizer ({load_tokenizer(str(out)).vocab_size} tokens) to {out}")
-        elif args.command == "train":
-            from mmpretrain.train.launch import run_training
-
-            _print_result(run_training(load_config(args.config, _run_overrides(args))))
-        elif args.command == "eval":
-            return _evaluate(args)
-        elif args.command == "export":
-            from mmpretrain.train.checkpoint.export import export
-
-            print(f"exported to {export(args.checkpoint, args.out)}")
-        elif args.command == "checkpoints":
-            from mmpretrain.train.checkpoint.manifest import format_listing, list_checkpoints
-
-            print(format_listing(list_checkpoints(args.run)))  # a path or a URI
-        elif args.command == "report":
-            from mmpretrain.report import write_report
-
-            report = write_report(args.run, args.compare, args.pairs, args.data)
-            print(f"report written to {report}")
-        elif args.command == "demo":
-            from mmpretrain.demo import run_demo
-
-            _print_result(run_demo(args.runs_dir, _run_overrides(args)))
+        return handler(args)
     except (ConfigError, FileNotFoundError, CheckpointError, ReportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (DataQualityError, ResourceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    return 0
