@@ -75,14 +75,16 @@ class TextEncoder(nn.Module):
                 self.bert.activation_checkpointing_enable,
                 self.bert.activation_checkpointing_disable,
             )
+            active = self.bert.is_activation_checkpointing
         else:
             enable, disable = (
                 self.bert.gradient_checkpointing_enable,
                 self.bert.gradient_checkpointing_disable,
             )
+            active = self.bert.is_gradient_checkpointing
         if enabled:
             enable({"use_reentrant": False})
-        elif self.bert.is_gradient_checkpointing:
+        elif active:
             disable()
 
     def forward(self, input_ids_BL: torch.Tensor, attention_mask_BL: torch.Tensor) -> torch.Tensor:
