@@ -24,10 +24,10 @@ from mmpretrain.console import Ticker, TrainingWatch
 from mmpretrain.data import quality, resume_filter
 from mmpretrain.data.pipeline import build_dataset, training_shards
 from mmpretrain.data.shards import expand_shards
-from mmpretrain.data.tokenizer import load_tokenizer
 from mmpretrain.errors import ResourceError
 from mmpretrain.metrics import scrape_targets
 from mmpretrain.train.loop import train_loop_per_worker
+from mmpretrain.train.preflight import prepare_run
 from mmpretrain.train.progress import console
 
 DATA_CPUS_EMBEDDED = 2  # logical CPUs left to Ray Data in an embedded cluster
@@ -147,11 +147,9 @@ def bound_worker_group_start(cfg: RunConfig) -> int:
 
 
 def run_training(cfg: RunConfig) -> TrainResult:
-    cfg.check_runnable()
-    cfg = cfg.with_absolute_paths()  # workers do not share the driver's working directory
+    cfg = prepare_run(cfg)  # local files checked, data.tokenizer resolved: before any Ray call
     train_shards = training_shards(cfg.data, cfg.train.seed)  # bad patterns fail here, early
     val_shards = expand_shards(cfg.data.val) if cfg.data.val else None
-    load_tokenizer(cfg.data.tokenizer)
 
     run_dir, storage = cfg.run_dir, cfg.run_storage
     run_dir.mkdir(parents=True, exist_ok=True)
