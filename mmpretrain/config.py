@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import json
 import os
 import tempfile
 import types
@@ -46,6 +47,7 @@ def _choice(value: Any, key: str, allowed: typing.Iterable[Any]) -> None:
 
 
 CAPTION_SOURCES = ("txt", "json", "cls")
+MIN_VOCAB = 100  # special tokens plus an alphabet; WordPiece needs room for word pieces
 
 
 @dataclass
@@ -67,7 +69,20 @@ class DataConfig:
     val: str | None = doc(
         "Held-out shards for evaluation (same forms as data.train).", default=None
     )
-    tokenizer: str = doc("Folder of a Hugging Face tokenizer (WordPiece/BERT).", default="")
+    tokenizer: str = doc(
+        "Folder of a Hugging Face tokenizer (WordPiece/BERT); empty = model.text.pretrained's "
+        "own, else one trained on the training captions into <run dir>/tokenizer.",
+        default="",
+    )
+    tokenizer_vocab_size: int = doc(
+        "Vocabulary of the tokenizer trained when data.tokenizer is empty (BERT's is 30522).",
+        default=30522,
+    )
+    tokenizer_captions: int = doc(
+        "Training captions (a seeded sample, whole shards in shuffled order) that tokenizer "
+        "is trained on.",
+        default=100_000,
+    )
     image_size: int = doc("Side of the square crop fed to the vision encoder, pixels.", default=64)
     max_text_len: int = doc("Tokens per caption after truncation and padding.", default=32)
     batch_size: int = doc(
@@ -126,6 +141,16 @@ class DataConfig:
             f"must be >= 2 (ITC needs negatives), got {self.batch_size}",
         )
         _require(self.shuffle_buffer >= 0, "data.shuffle_buffer", "must be >= 0")
+        _require(
+            self.tokenizer_vocab_size >= MIN_VOCAB,
+            "data.tokenizer_vocab_size",
+            f"must be >= {MIN_VOCAB}, got {self.tokenizer_vocab_size}",
+        )
+        _require(
+            self.tokenizer_captions >= 1,
+            "data.tokenizer_captions",
+            f"must be >= 1, got {self.tokenizer_captions}",
+        )
 
 
 VISION_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -164,9 +189,13 @@ class TextConfig:
     layers: int = doc("BERT transformer layers.", default=12)
     heads: int = doc("BERT attention heads.", default=12)
     intermediate_size: int = doc("BERT feed-forward width.", default=3072)
+    max_positions: int | None = doc(
+        "BERT position embeddings (>= data.max_text_len); null = max(512, data.max_text_len).",
+        default=None,
+    )
     pretrained: str | None = doc(
-        "Local Hugging Face BERT folder to start from (the four sizes above must match it); "
-        "null = random init.",
+        "Local Hugging Face BERT folder to start from; its config.json sets the sizes above "
+        "(a value you set yourself must agree with it). null = random init.",
         default=None,
     )
 
@@ -178,6 +207,11 @@ class TextConfig:
         )
         for key in ("hidden_size", "layers", "heads", "intermediate_size"):
             _require(getattr(self, key) >= 1, f"model.text.{key}", "must be >= 1")
+        _require(
+            self.max_positions is None or self.max_positions >= 8,
+            "model.text.max_positions",
+            f"must be >= 8 or null, got {self.max_positions}",
+        )
         _require(
             self.hidden_size % self.heads == 0,
             "model.text.heads",
@@ -579,16 +613,15 @@ class RunConfig:
         return dataclasses.replace(self, data=data, train=train, model=model, eval=evaluation)
 
     def check_runnable(self) -> None:
-        """Checks that only matter when training, so `config show` works on a bare preset."""
+        """Checks that only matter when training, so `config show` works on a bare preset.
+
+        The files a run reads are checked by ``mmpretrain.train.preflight.prepare_run``, which
+        also resolves an empty data.tokenizer.
+        """
         _require(
             bool(self.data.train or self.data.sources),
             "data.train",
             "a shard pattern (or data.sources) is required to train",
-        )
-        _require(
-            bool(self.data.tokenizer),
-            "data.tokenizer",
-            "a tokenizer folder is required (make one with `mmpretrain tokenizer train`)",
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -748,10 +781,103 @@ def parse_overrides(overrides: typing.Sequence[str]) -> dict[str, Any]:
 def load_config(
     source: str | Path | None = "tiny", overrides: typing.Sequence[str] = ()
 ) -> RunConfig:
-    """Builds a validated ``RunConfig`` from a preset name or YAML path plus dotted overrides."""
+    """Builds a validated ``RunConfig`` from a preset name or YAML path plus dotted overrides.
+
+    With ``model.text.pretrained`` set, the folder's config.json sets the text tower's shape:
+    a shipped preset's sizes (or the defaults) give way to it, while a size the user wrote
+    (their own YAML file or an override) must agree with it. Where each value came from is
+    only known here, so this is where the folder is read.
+    """
     data = _read_yaml(source) if source is not None else {}
-    data = _merge(data, parse_overrides(overrides))
+    override_tree = parse_overrides(overrides)
+    data = _merge(data, override_tree)
+    chosen = override_tree if source is None or _is_shipped_preset(source) else data
+    data = _adopt_pretrained_text_shape(data, chosen)
     return _build(RunConfig, data, "")
+
+
+# model.text.* key -> the BERT config.json field that decides it (what a pretrained folder sets)
+BERT_SHAPE_FIELDS = {
+    "hidden_size": "hidden_size",
+    "layers": "num_hidden_layers",
+    "heads": "num_attention_heads",
+    "intermediate_size": "intermediate_size",
+    "max_positions": "max_position_embeddings",
+}
+
+
+def _is_shipped_preset(source: str | Path) -> bool:
+    path = Path(source)
+    if not path.suffix:
+        return True  # a preset name; _read_yaml has refused anything else
+    return path.resolve().parent == PRESET_DIR.resolve()
+
+
+def read_bert_config(folder: str | Path) -> dict[str, Any] | None:
+    """A pretrained folder's config.json, or None when the folder has none.
+
+    Read with json alone: importing transformers to read six numbers would cost seconds in
+    every command that loads a config.
+    """
+    path = Path(folder).expanduser() / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"model.text.pretrained: cannot read {str(path)!r}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"model.text.pretrained: {str(path)!r} does not hold a JSON object")
+    return data
+
+
+def _subtree(data: Any, *keys: str) -> dict[str, Any]:
+    for key in keys:
+        data = data.get(key) if isinstance(data, dict) else None
+    return data if isinstance(data, dict) else {}
+
+
+def _adopt_pretrained_text_shape(data: dict[str, Any], chosen: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with model.text's sizes taken from model.text.pretrained's config.json.
+
+    ``chosen`` holds what the user set themselves; a size there that disagrees with the folder
+    is an error naming both, never silently replaced. A folder without config.json is left to
+    the driver's checks (train/preflight.py): evaluating or exporting a finished run does not
+    read the folder, so it need not exist any more.
+    """
+    text = _subtree(data, "model", "text")
+    folder = text.get("pretrained")
+    if not isinstance(folder, str) or not folder or "://" in folder:
+        return data
+    hf_config = read_bert_config(folder)
+    if hf_config is None:
+        return data
+    yours = _subtree(chosen, "model", "text")
+    adopted: dict[str, Any] = {}
+    for key, hf_name in BERT_SHAPE_FIELDS.items():
+        theirs = hf_config.get(hf_name)
+        if not isinstance(theirs, int) or isinstance(theirs, bool):
+            continue
+        mine = yours.get(key)
+        if mine is not None and mine != theirs:
+            raise ConfigError(
+                f"model.text.{key}={mine} but {folder!r} has {hf_name}={theirs}: your setting "
+                f"disagrees with model.text.pretrained's config.json; drop model.text.{key} to "
+                "take the folder's value"
+            )
+        adopted[key] = theirs
+    fusion = _subtree(data, "model", "fusion")
+    heads = fusion.get("heads", FusionConfig.__dataclass_fields__["heads"].default)
+    hidden = adopted.get("hidden_size")
+    if fusion.get("width") is None and isinstance(heads, int) and isinstance(hidden, int):
+        _require(
+            heads >= 1 and hidden % heads == 0,
+            "model.fusion.heads",
+            f"{heads} heads must divide the fusion width, which is the text hidden size "
+            f"{hidden} of model.text.pretrained {folder!r} (model.fusion.width is null); "
+            "set model.fusion.heads to a divisor of it, or set model.fusion.width",
+        )
+    return _merge(data, {"model": {"text": adopted}})
 
 
 def config_from_dict(data: dict[str, Any]) -> RunConfig:

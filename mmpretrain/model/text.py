@@ -11,19 +11,18 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertModel
 
-from mmpretrain.config import ConfigError, TextConfig
+from mmpretrain.config import BERT_SHAPE_FIELDS, ConfigError, TextConfig
 
 BERT_MAX_POSITIONS = 512
-SIZE_FIELDS = {
-    "hidden_size": "hidden_size",
-    "layers": "num_hidden_layers",
-    "heads": "num_attention_heads",
-    "intermediate_size": "intermediate_size",
-}
 
 
 def load_pretrained_bert(cfg: TextConfig, vocab_size: int, max_len: int) -> BertModel:
-    """A local BERT whose sizes must equal the config's, so fusion and heads fit it."""
+    """A local BERT whose sizes must equal the config's, so fusion and heads fit it.
+
+    The driver checked all of this before Ray started (``load_config`` took the sizes from the
+    folder, ``train/preflight.py`` checked vocabulary and positions); these checks are the last
+    guard for a config that changed since, or a model built outside ``run_training``.
+    """
     folder = Path(cfg.pretrained)
     if not (folder / "config.json").is_file():
         raise ConfigError(
@@ -31,10 +30,11 @@ def load_pretrained_bert(cfg: TextConfig, vocab_size: int, max_len: int) -> Bert
             "(no config.json)"
         )
     bert = BertModel.from_pretrained(folder, local_files_only=True, add_pooling_layer=False)
-    for key, hf_name in SIZE_FIELDS.items():
-        if getattr(bert.config, hf_name) != getattr(cfg, key):
+    for key, hf_name in BERT_SHAPE_FIELDS.items():
+        ours = getattr(cfg, key)
+        if ours is not None and getattr(bert.config, hf_name) != ours:
             raise ConfigError(
-                f"model.text.{key}={getattr(cfg, key)} but {cfg.pretrained!r} has "
+                f"model.text.{key}={ours} but {cfg.pretrained!r} has "
                 f"{hf_name}={getattr(bert.config, hf_name)}; set model.text.{key} to match"
             )
     if bert.config.vocab_size != vocab_size:
@@ -50,6 +50,16 @@ def load_pretrained_bert(cfg: TextConfig, vocab_size: int, max_len: int) -> Bert
     return bert
 
 
+def text_positions(cfg: TextConfig, max_len: int) -> int:
+    """Position embeddings of a randomly initialised BERT: model.text.max_positions if set."""
+    positions = cfg.max_positions or max(BERT_MAX_POSITIONS, max_len)
+    if positions < max_len:
+        raise ConfigError(
+            f"model.text.max_positions={positions} must be >= data.max_text_len={max_len}"
+        )
+    return positions
+
+
 class TextEncoder(nn.Module):
     def __init__(self, cfg: TextConfig, vocab_size: int, pad_token_id: int, max_len: int):
         super().__init__()
@@ -62,7 +72,7 @@ class TextEncoder(nn.Module):
                 num_hidden_layers=cfg.layers,
                 num_attention_heads=cfg.heads,
                 intermediate_size=cfg.intermediate_size,
-                max_position_embeddings=max(BERT_MAX_POSITIONS, max_len),
+                max_position_embeddings=text_positions(cfg, max_len),
                 pad_token_id=pad_token_id,
             )
             self.bert = BertModel(config, add_pooling_layer=False)

@@ -23,12 +23,11 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from mmpretrain.config import ConfigError, RunConfig
 from mmpretrain.console import Ticker, TrainingWatch, console
 from mmpretrain.data import quality, resume_filter
-from mmpretrain.data.pipeline import build_dataset, training_shards
-from mmpretrain.data.shards import expand_shards
-from mmpretrain.data.tokenizer import load_tokenizer
+from mmpretrain.data.pipeline import build_dataset
 from mmpretrain.errors import ResourceError
 from mmpretrain.metrics import scrape_targets
 from mmpretrain.train.loop import LoopSettings, train_loop_per_worker
+from mmpretrain.train.preflight import prepare_run
 from mmpretrain.train.quiet import driver_logging, quiet_driver, train_logging
 
 DATA_CPUS_EMBEDDED = 2  # logical CPUs left to Ray Data in an embedded cluster
@@ -160,11 +159,9 @@ def bound_worker_group_start(cfg: RunConfig) -> int:
 
 
 def run_training(cfg: RunConfig) -> TrainResult:
-    cfg.check_runnable()
-    cfg = cfg.with_absolute_paths()  # workers do not share the driver's working directory
-    train_shards = training_shards(cfg.data, cfg.train.seed)  # bad patterns fail here, early
-    val_shards = expand_shards(cfg.data.val) if cfg.data.val else None
-    load_tokenizer(cfg.data.tokenizer)
+    # Local files checked, shards listed, data.tokenizer resolved: all before any Ray call.
+    prepared = prepare_run(cfg)
+    cfg, train_shards, val_shards = prepared.cfg, prepared.train_shards, prepared.val_shards
 
     run_dir, storage = cfg.run_dir, cfg.run_storage
     run_dir.mkdir(parents=True, exist_ok=True)

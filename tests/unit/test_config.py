@@ -113,7 +113,7 @@ def test_yaml_file_config(tmp_path: Path) -> None:
     assert cfg.run_dir == Path("runs").resolve() / "mine"
 
 
-def test_training_needs_data_and_tokenizer() -> None:
+def test_training_needs_data() -> None:
     with pytest.raises(ConfigError, match=r"data\.train"):
         load_config("tiny").check_runnable()
 
