@@ -28,7 +28,12 @@ from mmpretrain.errors import ResourceError
 from mmpretrain.metrics import scrape_targets
 from mmpretrain.train.loop import LoopSettings, train_loop_per_worker
 from mmpretrain.train.preflight import prepare_run
-from mmpretrain.train.quiet import driver_logging, quiet_driver, train_logging
+from mmpretrain.train.quiet import (
+    driver_logging,
+    drop_ray_notices,
+    quiet_driver,
+    train_logging,
+)
 
 DATA_CPUS_EMBEDDED = 2  # logical CPUs left to Ray Data in an embedded cluster
 RAY_RUN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of a run
@@ -71,12 +76,19 @@ def connect(cfg: RunConfig) -> None:
         ray.init(address=address, log_to_driver=True, logging_config=logging_config)
     else:
         # "local": always a fresh instance, never some other cluster left on this machine.
+        cpus = embedded_cpus(cfg)
         ray.init(
             address="local",
-            num_cpus=embedded_cpus(cfg),
+            num_cpus=cpus,
             log_to_driver=True,
             logging_config=logging_config,
+            # Ray lets as many Python workers start at once as the machine has cores, and
+            # warns past 4x that; a run's workers, controller, data tasks and actors start
+            # together, which on a 2-core machine trips the warning every run. The embedded
+            # Ray declares more logical CPUs than cores on purpose (see embedded_cpus).
+            _system_config={"worker_maximum_startup_concurrency": cpus},
         )
+    drop_ray_notices(cfg.observe.verbose)
 
 
 def check_resources(cfg: RunConfig) -> None:

@@ -21,6 +21,7 @@ import copy
 import io
 import logging
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -42,6 +43,14 @@ LIBRARY_WARNINGS = r"(torch|transformers|deepspeed)(\.|$)"
 # Loggers of libraries that log their own set-up (DeepSpeed's accelerator guess, torch's
 # "No CUDA runtime is found" when DeepSpeed builds a CPU op); errors still pass.
 LIBRARY_LOGGERS = ("DeepSpeed", "torch.utils.cpp_extension")
+# Two notices Ray's core prints on every run that nobody can act on: Ray Train's own preemption
+# watcher trips a notice about its constructor arguments, and on a machine with few cores the
+# raylet warns that it started more Python workers than cores. They stay in Ray's log files.
+RAY_NOTICES = re.compile(
+    r"'PreemptionWatcher' .*has constructor arguments in the object store"
+    r"|PYTHON worker processes have been started on node"
+)
+RAY_FORWARDER = "ray_print_logs"  # ray.init's handler that echoes workers' output on the driver
 
 
 def driver_logging(verbose: bool) -> ray.LoggingConfig | None:
@@ -74,6 +83,35 @@ def quiet_driver(verbose: bool, embedded: bool) -> None:
         os.environ[RAY_DATA_LOGGING_ENV] = str(ray_data_logging_file())
     else:  # no say over the split coordinator's logging: drop its plan lines at the source
         DataContext.get_current().print_on_execution_start = False  # "Execution plan of ..."
+
+
+def drop_ray_notices(verbose: bool) -> None:
+    """After ``ray.init``: the driver's echo of Ray processes' output leaves out RAY_NOTICES.
+
+    Ray forwards every worker's and the raylet's output through one dispatcher whose handler
+    ``ray.init`` registers; this wraps that handler with a filter of those two notices, and
+    nothing else. The dispatcher is Ray's private API, so where it is not as expected
+    (another Ray version) the echo is left as it is.
+    """
+    if verbose:
+        return
+    try:
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:
+        return
+    forwarders = [h for name, h in getattr(dispatcher, "handlers", []) if name == RAY_FORWARDER]
+    if len(forwarders) != 1 or getattr(forwarders[0], "drops_ray_notices", False):
+        return
+    echo = forwarders[0]
+
+    def filtered(data: dict) -> None:
+        lines = [line for line in data.get("lines", []) if not RAY_NOTICES.search(line)]
+        if lines:
+            echo({**data, "lines": lines})
+
+    filtered.drops_ray_notices = True  # type: ignore[attr-defined]
+    dispatcher.remove_handler(RAY_FORWARDER)
+    dispatcher.add_handler(RAY_FORWARDER, filtered)
 
 
 def quiet_worker(verbose: bool) -> None:

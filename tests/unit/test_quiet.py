@@ -96,3 +96,35 @@ def test_library_prints_go_to_the_log_not_the_console(capsys, caplog) -> None:
         "DeepSpeed op built successfully",
         "in two writes",
     ]
+
+
+def test_ray_notices_are_dropped_from_the_drivers_echo_and_nothing_else() -> None:
+    """The two notices Ray's core prints on every run, through Ray's real dispatcher."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    from mmpretrain.train.quiet import RAY_FORWARDER, drop_ray_notices
+
+    echoed: list[list[str]] = []
+    saved = list(dispatcher.handlers)
+    dispatcher.handlers = [(RAY_FORWARDER, lambda data: echoed.append(data["lines"]))]
+    try:
+        drop_ray_notices(verbose=False)
+        drop_ray_notices(verbose=False)  # idempotent: one filter, not two
+        assert len(dispatcher.handlers) == 1
+        dispatcher.emit(
+            {
+                "lines": [
+                    "[2026 E 1 2] core_worker.cc:2465: Actor with class name: "
+                    "'PreemptionWatcher' and ID: 'ab' has constructor arguments in the object "
+                    "store and max_restarts > 0.",
+                    "step 5/10 | loss 12.003",
+                ],
+                "pid": 7,
+                "is_err": False,
+            }
+        )
+        dispatcher.emit({"lines": ["WARNING: 8 PYTHON worker processes have been started on "
+                                   "node: x"], "pid": "raylet", "is_err": False})  # fmt: skip
+        assert echoed == [["step 5/10 | loss 12.003"]]
+    finally:
+        dispatcher.handlers = saved
