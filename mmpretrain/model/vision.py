@@ -27,8 +27,9 @@ BLOCKS = {
 }
 
 
-def load_resnet_weights(resnet: ResNet, path: str) -> None:
-    """A local torchvision state dict into ``resnet``; a mismatch names what did not fit."""
+def read_resnet_state(path: str) -> dict[str, torch.Tensor]:
+    """The state dict in a local ``model.vision.weights`` file (bare, or under "state_dict" as
+    training checkpoints keep it); an unusable file is a ConfigError naming the key."""
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"model.vision.weights: {path!r} is not a file")
@@ -36,7 +37,18 @@ def load_resnet_weights(resnet: ResNet, path: str) -> None:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and torch errors alike: the file is not usable
         raise ConfigError(f"model.vision.weights: cannot read {path!r}: {exc}") from exc
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ConfigError(
+            f"model.vision.weights: {path!r} does not hold a state dict (names -> tensors)"
+        )
+    return state
+
+
+def load_resnet_weights(resnet: ResNet, path: str) -> None:
+    """A local torchvision state dict into ``resnet``; a mismatch names what did not fit."""
+    state = read_resnet_state(path)
     result = resnet.load_state_dict(state, strict=False)
     missing = [key for key in result.missing_keys if not key.startswith("fc.")]
     if missing or result.unexpected_keys:

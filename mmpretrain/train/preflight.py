@@ -32,7 +32,7 @@ from mmpretrain.data.pipeline import training_shards
 from mmpretrain.data.shards import expand_shards
 from mmpretrain.data.tokenizer import iter_captions, load_tokenizer, train_tokenizer_on
 from mmpretrain.data.transforms import UnusableSampleError, extract_caption
-from mmpretrain.model.vision import build_resnet
+from mmpretrain.model.vision import build_resnet, read_resnet_state
 from mmpretrain.storage import is_uri
 
 RUN_TOKENIZER = "tokenizer"  # where a run keeps the tokenizer trained for it, in its directory
@@ -261,19 +261,7 @@ def check_vision_weights(vision: VisionConfig) -> None:
     ResNet (built as the workers build it, model.vision.depths included); the error names the
     first key that does not fit."""
     path = vision.weights
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"model.vision.weights: {path!r} is not a file")
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and torch errors alike: the file is not usable
-        raise ConfigError(f"model.vision.weights: cannot read {path!r}: {exc}") from exc
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]  # a training checkpoint's wrapper, as vision.py accepts
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise ConfigError(
-            f"model.vision.weights: {path!r} does not hold a state dict (names -> tensors)"
-        )
+    state = read_resnet_state(path)
     expected = build_resnet(dataclasses.replace(vision, weights=None)).state_dict()
     mismatch = _first_mismatch(state, expected)
     if mismatch is not None:
