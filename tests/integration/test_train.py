@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -29,6 +30,13 @@ from tests.integration.conftest import (
 pytestmark = pytest.mark.integration
 
 SHARD_SIZE = 128  # of the session's synthetic training shards (tests/conftest.py)
+# What Ray prints that a user of mmpretrain should not see by default.
+RAY_NOISE = re.compile(
+    r"\bINFO\b|Started a local Ray instance|Reporting training result|Execution plan of Dataset"
+    r"|Starting execution of Dataset|Progress bars disabled|Started training worker group"
+    r"|repeated \d+x across cluster|PreemptionWatcher|PYTHON worker processes|UserWarning"
+    r"|FutureWarning|DeprecationWarning"
+)
 
 
 def metric_rows(run_dir: Path) -> list[dict]:
@@ -79,6 +87,13 @@ def test_a_first_run_trains_its_tokenizer_learns_and_checkpoints_every_rank(skel
     history = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
     assert [row["step"] for row in history] == [CHECKPOINT_EVERY, FIRST_STEPS]
     assert history[-1] == evaluation
+    # The console carried mmpretrain's own lines only: progress, each evaluation's table once
+    # (the periodic one from rank 0, the final one from the driver), no Ray INFO lines.
+    output = skeleton_run.stdout + skeleton_run.stderr
+    assert output.count("retrieval over 96 held-out pairs") == len(history), output[-4000:]
+    assert f"step {FIRST_STEPS}/{FIRST_STEPS} | loss" in output
+    assert f"tokenizer: trained on {TRAIN_SAMPLES} training captions" in output
+    assert not [line for line in output.splitlines() if RAY_NOISE.search(line)], output[-4000:]
     mean_recall_at_1 = (evaluation["i2t_recall@1"] + evaluation["t2i_recall@1"]) / 2
     assert mean_recall_at_1 >= 10 * chance, evaluation
     for direction in ("i2t", "t2i"):
