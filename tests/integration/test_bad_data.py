@@ -76,8 +76,9 @@ def _mixed_run(synth_data, tmp_path: Path, *overrides: str):
 def test_training_over_ten_percent_bad_data_completes_and_reports_counts(
     local_ray, synth_data, tmp_path
 ) -> None:
-    # ZeRO off here (stage 0): this run also shows that layout of a checkpoint.
-    cfg, _ = _mixed_run(synth_data, tmp_path, "train.zero_stage=0")
+    # ZeRO off here (stage 0) and bf16 autocast on the CPU: this run also shows that layout of
+    # a checkpoint, and that bf16 trains on CPU.
+    cfg, _ = _mixed_run(synth_data, tmp_path, "train.zero_stage=0", "train.precision=bf16")
     result = run_training(cfg)
     (row,) = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").open()]
     assert row["step"] == 5

@@ -1,11 +1,14 @@
-"""One short ZeRO-3 run with every switch that has its own code path, and the evaluation and
-export that must agree with it.
+"""One short ZeRO-3 run with the switches whose code paths differ under ZeRO-3, and the
+evaluation and export that must agree with it.
 
-The run (2 workers) has bf16 autocast on CPU, activation checkpointing, momentum distillation
-(whose EMA update under ZeRO-3 works on each rank's slice of the parameters) and the merged
-fusion variant; it evaluates itself at the end. ``eval`` on the run directory, ``eval`` on an
-export, and a plain single-process pass through ``load_pretrained`` (no Ray, no DeepSpeed) must
-all reproduce those numbers.
+The run (2 workers) has activation checkpointing, momentum distillation (whose EMA update under
+ZeRO-3 works on each rank's slice of the parameters) and the merged fusion variant; it
+evaluates itself at the end. (bf16 runs in the stage-0 bad-data run instead: under ZeRO-3,
+DeepSpeed's autocast all-gathers Linear and Conv weights in bf16, so the run's own evaluation
+sees rounded weights and cannot be reproduced to 1e-4 from the fp32 checkpoint.)
+
+``eval`` on the run directory, ``eval`` on an export, and a plain single-process pass through
+``load_pretrained`` (no Ray, no DeepSpeed) must all reproduce the run's own numbers.
 """
 
 from __future__ import annotations
@@ -50,7 +53,6 @@ def zero3_run(local_ray, synth_data, tmp_path_factory):
             f"data.tokenizer={synth_data['tokenizer']}",
             "data.batch_size=8",
             "train.zero_stage=3",
-            "train.precision=bf16",
             "train.activation_checkpointing=true",
             "train.channels_last=false",
             "objectives.distill=true",
