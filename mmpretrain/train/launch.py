@@ -184,7 +184,7 @@ def run_training(cfg: RunConfig) -> TrainResult:
     targets = scrape_targets(ray.nodes(), cfg.observe.metrics_port, cfg.observe.metrics_host)
     console("metrics for Prometheus:\n  " + "\n  ".join(targets))
     (storage / "config.yaml").write_text(cfg.to_yaml())
-    # Where to resume is decided from the run directory's manifests (train/checkpoint.py), not
+    # Where to resume is decided from the run directory's manifests (train/checkpoint/save.py), not
     # from Ray's record of the run, which lists checkpoints that retention deleted or that were
     # set aside as incomplete, and then refuses to start ("corrupted run directory").
     (storage / RAY_RUN_SNAPSHOT).delete()
