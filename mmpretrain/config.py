@@ -806,6 +806,18 @@ BERT_SHAPE_FIELDS = {
 }
 
 
+def check_text_matches_bert(text: TextConfig, bert_config: typing.Mapping[str, Any]) -> None:
+    """Every size model.text sets equals the pretrained folder's config.json; the driver's
+    preflight and the text encoder's own last guard both ask this."""
+    for key, hf_name in BERT_SHAPE_FIELDS.items():
+        ours, theirs = getattr(text, key), bert_config.get(hf_name)
+        if ours is not None and ours != theirs:
+            raise ConfigError(
+                f"model.text.{key}={ours} but {text.pretrained!r} has {hf_name}={theirs}; drop "
+                f"model.text.{key} to take the folder's value"
+            )
+
+
 def _is_shipped_preset(source: str | Path) -> bool:
     path = Path(source)
     if not path.suffix:
@@ -847,7 +859,7 @@ def _adopt_pretrained_text_shape(data: dict[str, Any], chosen: dict[str, Any]) -
     """
     text = _subtree(data, "model", "text")
     folder = text.get("pretrained")
-    if not isinstance(folder, str) or not folder or "://" in folder:
+    if not isinstance(folder, str) or not folder or is_uri(folder):
         return data
     hf_config = read_bert_config(folder)
     if hf_config is None:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertModel
 
-from mmpretrain.config import BERT_SHAPE_FIELDS, ConfigError, TextConfig
+from mmpretrain.config import ConfigError, TextConfig, check_text_matches_bert
 
 BERT_MAX_POSITIONS = 512
 
@@ -30,13 +30,7 @@ def load_pretrained_bert(cfg: TextConfig, vocab_size: int, max_len: int) -> Bert
             "(no config.json)"
         )
     bert = BertModel.from_pretrained(folder, local_files_only=True, add_pooling_layer=False)
-    for key, hf_name in BERT_SHAPE_FIELDS.items():
-        ours = getattr(cfg, key)
-        if ours is not None and getattr(bert.config, hf_name) != ours:
-            raise ConfigError(
-                f"model.text.{key}={ours} but {cfg.pretrained!r} has "
-                f"{hf_name}={getattr(bert.config, hf_name)}; set model.text.{key} to match"
-            )
+    check_text_matches_bert(cfg, bert.config.to_dict())
     if bert.config.vocab_size != vocab_size:
         raise ConfigError(
             f"data.tokenizer has {vocab_size} tokens but model.text.pretrained has "

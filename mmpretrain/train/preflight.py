@@ -20,11 +20,11 @@ from typing import Any
 import torch
 
 from mmpretrain.config import (
-    BERT_SHAPE_FIELDS,
     ConfigError,
     DataConfig,
     RunConfig,
     VisionConfig,
+    check_text_matches_bert,
     read_bert_config,
 )
 from mmpretrain.console import console
@@ -181,13 +181,7 @@ def check_pretrained_text(cfg: RunConfig) -> dict[str, Any]:
             f"model.text.pretrained: {name!r} has model_type={model_type!r}; a BERT "
             "architecture (model_type 'bert', e.g. bert-base-uncased or MiniLM) is required"
         )
-    for key, hf_name in BERT_SHAPE_FIELDS.items():
-        ours, theirs = getattr(cfg.model.text, key), bert_config.get(hf_name)
-        if ours is not None and ours != theirs:
-            raise ConfigError(
-                f"model.text.{key}={ours} but {name!r} has {hf_name}={theirs}; drop "
-                f"model.text.{key} to take the folder's value"
-            )
+    check_text_matches_bert(cfg.model.text, bert_config)
     weights = next((folder / f for f in BERT_WEIGHT_FILES if (folder / f).is_file()), None)
     if weights is None:
         raise ConfigError(
