@@ -538,6 +538,11 @@ class ObserveConfig:
         "Address the observe.metrics_port server binds to (0.0.0.0 for other machines).",
         default="127.0.0.1",
     )
+    sweep: str | None = doc(
+        "The sweep this run is a trial of (set by mmpretrain sweep): a label on its metrics "
+        "beside run, so a dashboard can show one sweep's trials together.",
+        default=None,
+    )
     verbose: bool = doc(
         "Also show Ray's own log lines (cluster start, Ray Data plans, Ray Train reports) and "
         "library deprecation notices on the console; false leaves them in Ray's log files.",
@@ -623,6 +628,10 @@ class RunConfig:
             "data.train",
             "a shard pattern (or data.sources) is required to train",
         )
+
+    def with_values(self, values: typing.Mapping[str, Any]) -> RunConfig:
+        """A copy with these dotted keys set, checked like any config (a sweep's trial)."""
+        return _build(RunConfig, _merge(self.to_dict(), dotted_tree(values)), "")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -766,22 +775,39 @@ def parse_overrides(overrides: typing.Sequence[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.path=value")
         key, raw = item.split("=", 1)
-        parts = key.strip().split(".")
-        if not all(parts):
-            raise ConfigError(f"override {item!r} has an empty key part")
-        node = tree
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r} conflicts with an earlier override")
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else "", item)
     return tree
 
 
+def dotted_tree(values: typing.Mapping[str, Any]) -> dict[str, Any]:
+    """``{"a.b": 1}`` -> ``{"a": {"b": 1}}``, values kept as they are (not parsed as text)."""
+    tree: dict[str, Any] = {}
+    for key, value in values.items():
+        _set_dotted(tree, key, value, key)
+    return tree
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any, item: str) -> None:
+    parts = key.split(".")
+    if not all(parts):
+        raise ConfigError(f"override {item!r} has an empty key part")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r} conflicts with an earlier override")
+    node[parts[-1]] = value
+
+
 def load_config(
-    source: str | Path | None = "tiny", overrides: typing.Sequence[str] = ()
+    source: str | Path | None = "tiny",
+    overrides: typing.Sequence[str] = (),
+    values: typing.Mapping[str, Any] | None = None,
 ) -> RunConfig:
     """Builds a validated ``RunConfig`` from a preset name or YAML path plus dotted overrides.
+
+    ``values``: dotted keys with Python values, applied after ``overrides`` (a sweep's trial
+    values: typed already, so ``1e-08`` stays a float instead of YAML's string).
 
     With ``model.text.pretrained`` set, the folder's config.json sets the text tower's shape:
     a shipped preset's sizes (or the defaults) give way to it, while a size the user wrote
@@ -789,7 +815,7 @@ def load_config(
     only known here, so this is where the folder is read.
     """
     data = _read_yaml(source) if source is not None else {}
-    override_tree = parse_overrides(overrides)
+    override_tree = _merge(parse_overrides(overrides), dotted_tree(values or {}))
     data = _merge(data, override_tree)
     chosen = override_tree if source is None or _is_shipped_preset(source) else data
     data = _adopt_pretrained_text_shape(data, chosen)

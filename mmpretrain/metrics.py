@@ -31,7 +31,7 @@ RAY_PREFIX = "ray_"  # what Ray 2.60's metrics agent puts before every applicati
 STEP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 CHECKPOINT_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
 RECALL_KEY = re.compile(r"^(i2t|t2i)(_rerank)?_recall@(\d+)$")
-LABELS = ("run", "rank")
+LABELS = ("run", "sweep", "rank")  # sweep: "" for a run outside any sweep
 RECORD = {"counter": "inc", "gauge": "set", "histogram": "observe"}  # same in both libraries
 
 
@@ -157,10 +157,11 @@ class TrainMetrics:
         run: str,
         rank: int,
         *,
+        sweep: str = "",
         use_ray: bool = True,
         registry: prometheus_client.CollectorRegistry | None = None,
     ):
-        default = {"run": run, "rank": str(rank)}
+        default = {"run": run, "sweep": sweep, "rank": str(rank)}
         self.rank = rank
         self._m = {spec.name: _Metric(spec, default, use_ray, registry) for spec in SPECS}
         self._skipped: dict[str, int] = {}
@@ -168,10 +169,12 @@ class TrainMetrics:
         self._restart_clock()
 
     @classmethod
-    def for_worker(cls, run: str, rank: int, port: int | None, host: str) -> TrainMetrics:
+    def for_worker(
+        cls, run: str, rank: int, port: int | None, host: str, sweep: str | None = None
+    ) -> TrainMetrics:
         """A training worker's metrics: Ray's on every rank, plus the local port on rank 0."""
         registry = serve_locally(port, host) if rank == 0 and port is not None else None
-        return cls(run, rank, registry=registry)
+        return cls(run, rank, sweep=sweep or "", registry=registry)
 
     def _record(self, name: str, value: float, **labels: str) -> None:
         self._m[f"mmpretrain_{name}"].record(value, **labels)

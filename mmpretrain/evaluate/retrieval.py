@@ -44,7 +44,7 @@ def reranked_ranks(
 def retrieval_metrics(
     image_emb_NE: torch.Tensor, text_emb_NE: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10)
 ) -> dict[str, float]:
-    """Recall@K both ways plus the chance level for this many candidates."""
+    """Recall@K both ways, their mean, and the chance level for this many candidates."""
     if image_emb_NE.shape != text_emb_NE.shape or image_emb_NE.shape[0] < 2:
         raise ValueError(
             "retrieval needs matching image and text embeddings for >= 2 pairs,"
@@ -57,5 +57,7 @@ def retrieval_metrics(
         for k, value in recall_at_k(sim, ks).items():
             metrics[f"{direction}_recall@{k}"] = value
     for k in ks:
+        # One number for both directions: what sweeps rank trials by by default.
+        metrics[f"mean_recall@{k}"] = (metrics[f"i2t_recall@{k}"] + metrics[f"t2i_recall@{k}"]) / 2
         metrics[f"chance@{k}"] = min(1.0, k / candidates)
     return metrics

@@ -88,6 +88,25 @@ def build_engine(
     return engine
 
 
+def adopt_config_lr(engine: Any, lr: float) -> bool:
+    """Makes the schedule peak at the config's ``optim.lr`` after a resume; True if it moved.
+
+    The restored scheduler brings the saved run's base lr back. An ordinary resume has the
+    same lr in its config, so nothing changes; a population-based-training trial that cloned
+    another trial's checkpoint with a perturbed lr must train on the perturbed one, at the
+    same point of the warmup-cosine schedule.
+    """
+    scheduler = engine.lr_scheduler
+    if all(base == lr for base in scheduler.base_lrs):
+        return False
+    scheduler.base_lrs = [lr for _ in scheduler.base_lrs]
+    factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
+    for group in scheduler.optimizer.param_groups:  # the torch AdamW that ZeRO wraps
+        group["initial_lr"] = lr
+        group["lr"] = lr * factor
+    return True
+
+
 @torch.no_grad()
 def update_momentum_encoder(task: nn.Module, momentum: float) -> None:
     """EMA of the online encoder into the momentum encoder (ALBEF), after each optimizer step.

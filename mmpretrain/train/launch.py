@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import ray
 import ray.train
 from ray.data import DataContext, ExecutionOptions
+from ray.train import UserCallback
 from ray.train.torch import TorchTrainer
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -170,7 +172,13 @@ def bound_worker_group_start(cfg: RunConfig) -> int:
     return START_ATTEMPTS - 1
 
 
-def run_training(cfg: RunConfig) -> TrainResult:
+def run_training(cfg: RunConfig, callbacks: Sequence[UserCallback] = ()) -> TrainResult:
+    """One run, whichever way it was started (CLI, job, RayJob, sweep trial).
+
+    ``callbacks`` run in Ray Train's controller after each report; a sweep trial passes the
+    one that hands its held-out evaluations to Tune. A trial (``observe.sweep`` set) prints
+    no progress lines or tables: the sweep's console shows one line per trial instead.
+    """
     # Local files checked, shards listed, data.tokenizer resolved: all before any Ray call.
     prepared = prepare_run(cfg)
     cfg, train_shards, val_shards = prepared.cfg, prepared.train_shards, prepared.val_shards
@@ -181,8 +189,10 @@ def run_training(cfg: RunConfig) -> TrainResult:
     connect(cfg)
     check_resources(cfg)
     check_storage_is_shared(cfg)
-    targets = scrape_targets(ray.nodes(), cfg.observe.metrics_port, cfg.observe.metrics_host)
-    console("metrics for Prometheus:\n  " + "\n  ".join(targets))
+    in_sweep = cfg.observe.sweep is not None
+    if not in_sweep:
+        targets = scrape_targets(ray.nodes(), cfg.observe.metrics_port, cfg.observe.metrics_host)
+        console("metrics for Prometheus:\n  " + "\n  ".join(targets))
     (storage / "config.yaml").write_text(cfg.to_yaml())
     # Where to resume is decided from the run directory's manifests (train/checkpoint/save.py), not
     # from Ray's record of the run, which lists checkpoints that retention deleted or that were
@@ -219,7 +229,8 @@ def run_training(cfg: RunConfig) -> TrainResult:
                 datasets=sorted(datasets),
                 quality_counter=train_counter,
                 resume_filter=skip_list,
-                progress_lines=not live.line.enabled,
+                progress_lines=not live.line.enabled and not in_sweep,
+                eval_tables=not in_sweep,
             )
         ),
         scaling_config=ray.train.ScalingConfig(
@@ -235,6 +246,7 @@ def run_training(cfg: RunConfig) -> TrainResult:
             name=cfg.train.run_name,
             storage_path=cfg.train.storage_path,  # absolute, or a URI
             logging_config=train_logging(cfg.observe.verbose),
+            callbacks=list(callbacks),
             # Retention is ours (checkpoint.keep): Ray cannot tell complete from not.
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
             # A restarted worker group resumes in train_loop_per_worker, from the run

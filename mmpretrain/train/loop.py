@@ -36,7 +36,12 @@ from mmpretrain.train.checkpoint.save import (
     restore,
     save_and_report,
 )
-from mmpretrain.train.engine import average_buffers, build_engine, update_momentum_encoder
+from mmpretrain.train.engine import (
+    adopt_config_lr,
+    average_buffers,
+    build_engine,
+    update_momentum_encoder,
+)
 from mmpretrain.train.position import DataPosition, gather_position
 from mmpretrain.train.progress import ProgressLog
 from mmpretrain.train.quiet import library_prints, quiet_worker
@@ -56,6 +61,7 @@ class LoopSettings:
     quality_counter: str | None  # the run's data-quality books (a named actor)
     resume_filter: str | None  # the run's list of what a resumed epoch already trained on
     progress_lines: bool = True  # False when the driver draws a live line instead
+    eval_tables: bool = True  # print each periodic evaluation's table (not in a sweep)
 
 
 class EmptyEpochError(RuntimeError):
@@ -121,8 +127,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     state = TrainState()
     if source is not None:
         state = restore(engine, source)
+        lr_moved = adopt_config_lr(engine, cfg.optim.lr)  # a PBT clone's perturbed lr
         if rank == 0:
             how = " (ZeRO shards converted to this world size)" if source.universal else ""
+            how += f" with optim.lr={cfg.optim.lr:g}" if lr_moved else ""
             console(f"resumed from {source.checkpoint} at step {state.step}{how}")
     facts = {
         "world_size": world,
@@ -143,7 +151,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     counts: dict[str, int] = {}
     # Prometheus metrics through Ray's node endpoint (and observe.metrics_port on rank 0).
     metrics = TrainMetrics.for_worker(
-        cfg.train.run_name, rank, cfg.observe.metrics_port, cfg.observe.metrics_host
+        cfg.train.run_name,
+        rank,
+        cfg.observe.metrics_port,
+        cfg.observe.metrics_host,
+        sweep=cfg.observe.sweep,
     )
     while state.step < last_step:
         _start_pass(settings.resume_filter, state.position, rank)
@@ -208,7 +220,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if periodic and state.step < cfg.train.max_steps:  # the last one follows the loop
                 metrics.on_eval(
                     _evaluate_and_report(
-                        engine, cfg, tokenizer, device, state.step, rank, print_table=True
+                        engine,
+                        cfg,
+                        tokenizer,
+                        device,
+                        state.step,
+                        rank,
+                        print_table=settings.eval_tables,
                     )
                 )
 

@@ -70,7 +70,7 @@ def test_local_exposition_carries_every_metric_with_run_and_rank_labels() -> Non
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
     samples = {
-        (s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k not in ("run", "rank")))): s
+        (s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k not in ("run", "sweep", "rank")))): s
         for family in text_string_to_metric_families(text)
         for s in family.samples
         if s.name.startswith("mmpretrain_")
