@@ -185,6 +185,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.set_defaults(handler=_report)
 
+    sweep = commands.add_parser(
+        "sweep",
+        help="search fusion and loss weights with Ray Tune; `sweep results DIR` ranks the trials",
+    )
+    sweep.add_argument(
+        "spec", help="sweep spec (tune/*.yaml), or `results` followed by a sweep directory"
+    )
+    sweep.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key.path=value",
+        help="run-config overrides for every trial (data paths, storage); with results: DIR",
+    )
+    sweep.add_argument("--address", help="Ray cluster to run the trials on (cluster.address)")
+    sweep.add_argument("--json", action="store_true", help="with results: print JSON")
+    _add_verbose_arg(sweep)
+    sweep.set_defaults(handler=_sweep)
+
     demo = commands.add_parser("demo", help="synthetic data -> tiny model -> retrieval eval")
     demo.add_argument("--runs-dir", default="runs")
     _add_verbose_arg(demo)
@@ -305,6 +323,22 @@ def _report(args: argparse.Namespace) -> int:
     from mmpretrain.report import write_report
 
     print(f"report written to {write_report(args.run, args.compare, args.pairs, args.data)}")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from mmpretrain.sweep.results import show_results
+
+    if args.spec == "results":
+        if len(args.overrides) != 1:
+            raise ConfigError("usage: mmpretrain sweep results DIR [--json]")
+        print(show_results(args.overrides[0], as_json=args.json))
+        return 0
+    from mmpretrain.sweep.driver import run_sweep
+    from mmpretrain.sweep.spec import load_spec
+
+    spec = load_spec(args.spec, args.overrides)
+    print(show_results(run_sweep(spec, address=args.address, verbose=args.verbose), False))
     return 0
 
 

@@ -138,6 +138,14 @@ class Folder:
         )  # fmt: skip
         return local
 
+    def copy_to(self, target: Folder) -> Folder:
+        """Copies this folder to ``target`` (any file system: a PBT clone between trials)."""
+        target.fs.create_dir(target.path, recursive=True)
+        pafs.copy_files(
+            self.path, target.path, source_filesystem=self.fs, destination_filesystem=target.fs
+        )
+        return target
+
     def upload_file(self, local: Path) -> None:
         """Puts the local file ``local`` at this location."""
         self.fs.create_dir(posixpath.dirname(self.path), recursive=True)
