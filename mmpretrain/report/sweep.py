@@ -14,11 +14,12 @@ from pathlib import Path
 from mmpretrain.errors import SweepError
 from mmpretrain.report import comparison
 from mmpretrain.report.figures import new_figure, save_png
-from mmpretrain.sweep.results import BEST_FILE, SPEC_FILE, SweepResults, Trial, format_table
+from mmpretrain.sweep.results import SPEC_FILE, SweepResults, Trial, format_table, write_best
 
 FILE = "fig4_sweep_metric.png"
 REPORT_FILE = "report.md"
 SIZE_IN = (10.0, 5.0)
+LINE_STYLES = ("-", "--", "-.", ":")
 
 
 def is_sweep_dir(path: str | Path) -> bool:
@@ -61,8 +62,11 @@ def plot_metric_by_step(results: SweepResults, out_dir: Path) -> Path:
         if not points:
             continue
         colour = f"C{index % 10}"
+        style = LINE_STYLES[index // 10 % len(LINE_STYLES)]  # tab10 repeats after ten trials
         steps, values = zip(*points, strict=True)
-        axes.plot(steps, values, marker="o", markersize=3, color=colour, label=trial.name)
+        axes.plot(
+            steps, values, marker="o", markersize=3, color=colour, linestyle=style, label=trial.name
+        )
         for clone in trial.lineage:
             at = _value_at(trial, metric, clone.step)
             if at is None:
@@ -91,25 +95,19 @@ def plot_metric_by_step(results: SweepResults, out_dir: Path) -> Path:
     return save_png(figure, out_dir / FILE)
 
 
-def render(results: SweepResults, compared: Sequence[comparison.Evaluated]) -> str:
-    best = results.best
+def render(
+    results: SweepResults, best: Trial, compared: Sequence[comparison.Evaluated], best_file: Path
+) -> str:
     best_line = (
         f"Best trial: `{best.name}`, {results.metric} = {best.best:.4g} at step {best.best_step}."
-        if best is not None and best.best is not None
-        else "No trial has evaluated yet."
-    )
-    best_file = results.folder / BEST_FILE
-    retrain = (
-        f" Its full config, as a fresh run: `{BEST_FILE}` (`mmpretrain train --config "
-        f"{best_file}`)."
-        if best_file.is_file()
-        else f" `mmpretrain sweep results {results.folder}` writes its config to `{BEST_FILE}`."
+        f" Its full config, as a fresh run of its own: `{best_file.name}` (`mmpretrain train "
+        f"--config {best_file}`)."
     )
     return "\n".join(
         [
             f"# Sweep report: {results.name}",
             "",
-            best_line + (retrain if best is not None else ""),
+            best_line,
             "",
             "## Trials",
             "",
@@ -138,17 +136,20 @@ def render(results: SweepResults, compared: Sequence[comparison.Evaluated]) -> s
 
 
 def write_sweep_report(results: SweepResults, others: Sequence[comparison.Evaluated] = ()) -> Path:
-    """Both figures and ``report.md`` in the sweep directory; ``others`` (``--compare``) are
-    drawn beside the trials in figure 3."""
+    """Both figures, ``report.md`` and the best trial's ``best.yaml`` (which the report points
+    to) in the sweep directory; ``others`` (``--compare``) are drawn beside the trials in
+    figure 3."""
     compared = comparison.unique_labels([*evaluated(results), *others])
-    if results.best is None:
+    best = results.best
+    if best is None:
         raise SweepError(
             f"sweep {results.name} in {results.folder}: no trial has evaluated yet, so there is "
             "nothing to plot (`mmpretrain sweep results` shows where the trials are)"
         )
     out = results.folder
+    best_file = write_best(out, results.trials)
     plot_metric_by_step(results, out)
     comparison.plot_comparison(compared, out)
     report = out / REPORT_FILE
-    report.write_text(render(results, compared))
+    report.write_text(render(results, best, compared, best_file))
     return report
