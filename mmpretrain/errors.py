@@ -15,3 +15,10 @@ class CheckpointError(RuntimeError):
 
 class ReportError(RuntimeError):
     """A run directory or comparison input that lacks what ``mmpretrain report`` needs."""
+
+
+class SweepError(ReportError):
+    """A sweep directory that lacks what its results table, best config or report needs.
+
+    A ReportError too: ``mmpretrain report SWEEP_DIR`` reports it like any other report input.
+    """

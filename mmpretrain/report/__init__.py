@@ -5,6 +5,9 @@ describe: convergence (losses and held-out recall by step), the fusion module's 
 attention on held-out pairs, and a comparison of evaluations. Everything is read from the files
 training wrote (metrics.jsonl, eval.jsonl, eval.json, the newest checkpoint) on one CPU
 process; no Ray cluster, no DeepSpeed engine.
+
+A sweep directory (it holds ``sweep.yaml``) gets the sweep's report instead: its trials ranked,
+their metric by step and their last evaluations side by side (``report/sweep.py``).
 """
 
 from __future__ import annotations
@@ -26,15 +29,22 @@ def write_report(
 ) -> Path:
     """Writes the figures and ``report.md`` into ``run_dir``; returns the report's path.
 
+    ``run_dir`` may be a sweep directory: then the report compares its trials (``pairs`` and
+    ``data`` are not used: a sweep report draws no attention maps).
+
     ``compare``: run directories or evaluation JSON files shown beside the run's own final
     evaluation. ``pairs``: held-out pairs in the attention figure, read from ``data`` (a shard
     pattern) or else the run's ``data.val``.
     """
     # Imported here: matplotlib and the model stack load only when a report is made.
-    from mmpretrain.report import attention, comparison, convergence, summary
+    from mmpretrain.report import attention, comparison, convergence, summary, sweep
+    from mmpretrain.sweep.results import read_sweep
 
     if pairs < 1:
         raise ReportError(f"--pairs must be >= 1, got {pairs}")
+    if sweep.is_sweep_dir(run_dir):
+        results = read_sweep(run_dir)
+        return sweep.write_sweep_report(results, [comparison.load_item(c) for c in compare])
     records = read_run(run_dir)  # first: a wrong RUN fails before any model is loaded
     others = [comparison.load_item(item) for item in compare]
     own = (

@@ -2,7 +2,8 @@
 
 Ground floor: errors, storage, console, distributed, config (in that order: a later one may
 use an earlier one). Then data/, model/ and evaluate/, each using only the ground floor and
-itself. Then metrics, then train/, then pretrained, then report, demo (and the like), then the cli.
+itself. Then metrics, then train/, then pretrained, then sweep, demo (and the like), then report
+(which reads a sweep's results), then the cli.
 Also: model/ and evaluate/ know nothing of Ray or DeepSpeed, and inference imports neither.
 """
 
@@ -26,11 +27,13 @@ FLOOR = {
     "metrics": (2, 0),
     "train": (3, 0),
     "pretrained": (4, 0),  # inference: on train/checkpoint's Ray-free modules
+    "sweep": (5, 0),  # beside demo and jobs, on train/
+    "report": (5, 1),  # above sweep: a sweep's report reads sweep/results.py's ranking
     "cli": (6, 0),
     "__main__": (7, 0),
     "": (7, 0),  # the package's __init__ (mmpretrain.load_pretrained)
 }
-TOP = (5, 0)  # report, demo, and what sits on train/ beside them (sweeps, jobs)
+TOP = (5, 0)  # demo, and what sits on train/ beside it (jobs)
 
 
 def unit_of(module: str) -> str:

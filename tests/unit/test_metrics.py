@@ -56,6 +56,26 @@ def test_every_dashboard_expression_uses_only_exported_metrics() -> None:
         assert f"ray_mmpretrain_{needed}" in used_anywhere
 
 
+def test_every_panel_and_the_run_list_filter_by_the_chosen_sweeps() -> None:
+    """Metrics carry a sweep label (empty outside a sweep): picking a sweep narrows every panel
+    and the run list to its trials; "All" (regex .*) also keeps runs that belong to no sweep."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    sweep = variables["sweep"]
+    assert sweep["query"]["query"] == "label_values(ray_mmpretrain_steps_total, sweep)"
+    assert sweep["multi"] and sweep["includeAll"] and sweep["allValue"] == ".*"
+    names = [v["name"] for v in dashboard["templating"]["list"]]
+    assert names.index("sweep") < names.index("run")  # run's query uses $sweep
+    assert 'sweep=~"$sweep"' in variables["run"]["query"]["query"]
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    assert len(exprs) >= 8
+    for expr in exprs:
+        selectors = re.findall(r"mmpretrain_[a-z0-9_]+\{([^}]*)\}", expr)
+        assert selectors and len(selectors) == len(METRIC_NAME.findall(expr)), expr
+        for selector in selectors:
+            assert 'sweep=~"$sweep"' in selector and 'run=~"$run"' in selector, expr
+
+
 def test_local_exposition_carries_every_metric_with_run_and_rank_labels() -> None:
     port = free_port()
     metrics = TrainMetrics("unit", 0, use_ray=False, registry=serve_locally(port, "127.0.0.1"))
@@ -70,7 +90,10 @@ def test_local_exposition_carries_every_metric_with_run_and_rank_labels() -> Non
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
     samples = {
-        (s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k not in ("run", "sweep", "rank")))): s
+        (
+            s.name,
+            tuple(sorted((k, v) for k, v in s.labels.items() if k not in ("run", "sweep", "rank"))),
+        ): s
         for family in text_string_to_metric_families(text)
         for s in family.samples
         if s.name.startswith("mmpretrain_")
