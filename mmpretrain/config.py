@@ -91,6 +91,12 @@ class DataConfig:
     shuffle_buffer: int = doc(
         "Rows in the local shuffle buffer of each worker; 0 disables.", default=256
     )
+    ingest_cpus: float | None = doc(
+        "Most CPUs this run's Ray Data tasks hold at once; null = whatever the cluster has "
+        "free. Runs sharing a cluster (a sweep's trials) need it, or one run's read tasks "
+        "can take the CPUs another run's workers wait for.",
+        default=None,
+    )
 
     caption_source: str = doc(
         "Where captions come from: txt member, a json field, or a cls label.", default="txt"
@@ -117,6 +123,8 @@ class DataConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.ingest_cpus is not None:
+            _require(self.ingest_cpus > 0, "data.ingest_cpus", "must be > 0, or null")
         _require(
             not (self.train and self.sources),
             "data.sources",

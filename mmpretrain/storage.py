@@ -2,15 +2,20 @@
 
 ``train.storage_path`` may be a path or a URI (``s3://``, ``gs://``, ``file://``). Ray Train
 writes checkpoints there through pyarrow's file systems; resume, retention and the checkpoint
-checks read them back the same way, so one code path serves every kind of storage.
+checks read them back the same way, so one code path serves every kind of storage. The
+JSON-lines logs a run writes are read back here too, by the report and the sweep results.
 """
 
 from __future__ import annotations
 
+import json
 import posixpath
 from pathlib import Path
+from typing import Any
 
 import pyarrow.fs as pafs
+
+from mmpretrain.errors import ReportError
 
 
 def is_uri(location: str) -> bool:
@@ -153,3 +158,28 @@ class Folder:
             str(local), self.path, source_filesystem=pafs.LocalFileSystem(),
             destination_filesystem=self.fs,
         )  # fmt: skip
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """One JSON object per line (metrics.jsonl, eval.jsonl, lineage.jsonl); none when the file
+    is absent. Blank lines are skipped, and a torn last line (a run killed while writing, or
+    still writing) is dropped rather than failing the reader."""
+    if not path.is_file():
+        return []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if number == len(lines):
+                break
+            raise ReportError(f"{path}:{number} is not valid JSON: {exc}") from exc
+    return rows
+
+
+def by_step(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Log rows in step order, one per step: the last written (a resumed run appends again
+    from its checkpoint's step)."""
+    latest = {int(row["step"]): row for row in rows if "step" in row}
+    return [latest[step] for step in sorted(latest)]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mmpretrain.errors import ReportError
+from mmpretrain.storage import by_step, read_jsonl
 
 METRICS_FILE = "metrics.jsonl"
 EVAL_HISTORY_FILE = "eval.jsonl"
@@ -31,27 +32,6 @@ def read_json(path: Path) -> Any:
         raise ReportError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except json.JSONDecodeError as exc:
         raise ReportError(f"{path} is not valid JSON: {exc}") from exc
-
-
-def read_jsonl(path: Path) -> list[Row]:
-    """One JSON object per line; blank lines are skipped, a torn last line (a run killed while
-    writing) is dropped rather than failing the report."""
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    rows: list[Row] = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            if number == len(lines):
-                break
-            raise ReportError(f"{path}:{number} is not valid JSON: {exc}") from exc
-    return rows
-
-
-def by_step(rows: list[Row]) -> list[Row]:
-    """Rows in step order, one per step (the last written)."""
-    latest = {int(row["step"]): row for row in rows if "step" in row}
-    return [latest[step] for step in sorted(latest)]
 
 
 def is_evaluation(metrics: Any) -> bool:
@@ -94,7 +74,7 @@ def read_evaluations(folder: Path, last_step: int | None = None) -> tuple[list[R
     ``last_step`` places an ``eval.json`` that records no step of its own on the time axis.
     """
     history_path, final_path = folder / EVAL_HISTORY_FILE, folder / FINAL_EVAL_FILE
-    history = read_jsonl(history_path) if history_path.is_file() else []
+    history = read_jsonl(history_path)
     final = read_json(final_path) if final_path.is_file() else None
     if final is not None:
         if not is_evaluation(final):

@@ -10,6 +10,7 @@ ones resume from their own newest complete checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -24,7 +25,7 @@ from mmpretrain.config import RunConfig
 from mmpretrain.console import console
 from mmpretrain.errors import ResourceError
 from mmpretrain.storage import is_uri
-from mmpretrain.sweep.spec import SweepSpec, SweepSpecError
+from mmpretrain.sweep.spec import Dimension, SweepSpec, SweepSpecError
 from mmpretrain.sweep.trial import TrialPlan, run_trial, trial_config
 from mmpretrain.sweep.watch import SweepWatch
 from mmpretrain.train.launch import DATA_CPUS_EMBEDDED, check_resources, connect
@@ -73,6 +74,13 @@ def run_sweep(spec: SweepSpec, address: str | None = None, verbose: bool = False
     connect(_with_embedded_cpus(probe, spec.concurrency))
     check_resources(probe)  # one trial must fit, or nothing would ever start
     concurrency = min(spec.concurrency, trials_that_fit(probe))
+    if base.data.ingest_cpus is None:
+        # Concurrent trials share what their workers leave; unlimited, one trial's read tasks
+        # could hold the CPUs the next trial's workers wait for, and both would stall.
+        plan = dataclasses.replace(
+            plan,
+            base=base.with_values({"data.ingest_cpus": ingest_share(probe, concurrency)}).to_dict(),
+        )
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / SPEC_FILE).write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
 
@@ -103,12 +111,13 @@ def run_sweep(spec: SweepSpec, address: str | None = None, verbose: bool = False
                 # A trial that errors is recorded with its error and the sweep goes on.
                 failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
-                callbacks=[
-                    SweepWatch(sweep_dir, spec.metric, spec.mode, probe.train.max_steps)
-                ],
+                callbacks=[SweepWatch(sweep_dir, spec.metric, spec.mode, probe.train.max_steps)],
                 verbose=0,
             ),
         )
+    # Tune's own reporter prints a configuration box and status tables even at verbose=0;
+    # its legacy one is silent there, and SweepWatch prints the sweep's lines instead.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     tuner.fit()
     return sweep_dir
 
@@ -147,12 +156,21 @@ def trials_that_fit(cfg: RunConfig) -> int:
     return fit
 
 
+def ingest_share(cfg: RunConfig, concurrency: int) -> float:
+    """Each concurrent trial's share of the CPUs that trials' workers leave free."""
+    workers = concurrency * cfg.train.max_workers * cfg.train.cpus_per_worker
+    free = ray.cluster_resources().get("CPU", 0) - workers - concurrency * TRIAL_PROCESS_CPUS
+    return max(1.0, math.floor(free / concurrency))
+
+
 def _with_embedded_cpus(cfg: RunConfig, concurrency: int) -> RunConfig:
     """An embedded Ray sized for ``concurrency`` trials at once plus Ray Data."""
     if cfg.cluster.num_cpus is not None or cfg.cluster.address or os.environ.get("RAY_ADDRESS"):
         return cfg
     per_trial = math.ceil(cfg.train.max_workers * cfg.train.cpus_per_worker)
-    cpus = concurrency * per_trial + max(DATA_CPUS_EMBEDDED, os.cpu_count() or 1)
+    # Twice the trials' CPUs: each trial also runs a Tune actor, Ray Train's controller and
+    # small actors, and Ray warns when more processes start than it expects per logical CPU.
+    cpus = 2 * concurrency * per_trial + max(DATA_CPUS_EMBEDDED, os.cpu_count() or 1)
     return cfg.with_values({"cluster.num_cpus": cpus})
 
 
@@ -167,8 +185,10 @@ def _tune_config(spec: SweepSpec, probe: RunConfig, concurrency: int) -> tune.Tu
         metric=spec.metric,
         mode=spec.mode,
         num_samples=1 if spec.searcher == "grid" else spec.num_trials,
-        max_concurrent_trials=concurrency,
-        search_alg=_searcher(spec),
+        # Tune honours max_concurrent_trials for Searchers only; the variant generator of
+        # random and grid search takes its own limit (see _searcher).
+        max_concurrent_trials=concurrency if spec.searcher == "optuna" else None,
+        search_alg=_searcher(spec, concurrency),
         scheduler=_scheduler(spec, probe),
         reuse_actors=False,  # a stopped or cloned trial's workers go with its actor
         trial_name_creator=functools.partial(trial_name, spec.name),
@@ -182,7 +202,7 @@ def trial_name(sweep: str, trial: Any) -> str:
     return f"{sweep}_{trial.trial_id}"
 
 
-def _searcher(spec: SweepSpec) -> Any:
+def _searcher(spec: SweepSpec, concurrency: int) -> Any:
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     if spec.searcher == "optuna":
@@ -190,7 +210,7 @@ def _searcher(spec: SweepSpec) -> Any:
         from ray.tune.search.optuna import OptunaSearch
 
         return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=spec.seed))
-    return BasicVariantGenerator(random_state=spec.seed)
+    return BasicVariantGenerator(random_state=spec.seed, max_concurrent=concurrency)
 
 
 def _scheduler(spec: SweepSpec, probe: RunConfig) -> Any:
@@ -209,13 +229,19 @@ def _scheduler(spec: SweepSpec, probe: RunConfig) -> Any:
         return PopulationBasedTraining(
             time_attr="step",
             perturbation_interval=options.get("perturbation_interval", every),
-            hyperparam_mutations={dim.key: dim.to_tune() for dim in spec.space},
+            hyperparam_mutations={dim.key: _mutation(dim) for dim in spec.space},
             quantile_fraction=options.get("quantile_fraction", 0.25),
             resample_probability=options.get("resample_probability", 0.25),
             perturbation_factors=tuple(options.get("perturbation_factors", (1.2, 0.8))),
             custom_explore_fn=ClipToSpace(spec),
         )
     return None
+
+
+def _mutation(dim: Dimension) -> Any:
+    """How PBT may change a value: listed values step to a neighbour (a list), ranges are
+    multiplied by the perturbation factors or drawn afresh (a Tune domain)."""
+    return list(dim.values) if dim.kind in ("choice", "grid") else dim.to_tune()
 
 
 class ClipToSpace:

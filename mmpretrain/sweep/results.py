@@ -17,6 +17,7 @@ import yaml
 
 from mmpretrain.config import ConfigError, ObserveConfig, load_config
 from mmpretrain.errors import SweepError
+from mmpretrain.storage import by_step, read_jsonl
 from mmpretrain.sweep.spec import DEFAULT_METRIC
 
 SPEC_FILE = "sweep.yaml"
@@ -120,13 +121,13 @@ def rank(trials: Sequence[Trial], mode: str) -> list[Trial]:
 def _read_trial(folder: Path, keys: tuple[str, ...], metric: str, mode: str) -> Trial:
     config_path = folder / CONFIG_FILE
     config = _read_yaml(config_path) if config_path.is_file() else {}
-    lineage = tuple(_clone(row, folder) for row in _read_jsonl(folder / LINEAGE_FILE))
+    lineage = tuple(_clone(row, folder) for row in read_jsonl(folder / LINEAGE_FILE))
     lineage = tuple(sorted(lineage, key=lambda clone: clone.step))  # newest last
     values = {key: _dotted(config, key) for key in keys}
     for clone in lineage:  # what the trial ended with, should config.yaml predate a clone
         values.update({key: value for key, value in clone.new.items() if key in values})
 
-    evals = _by_step(_read_jsonl(folder / EVAL_FILE))
+    evals = by_step(read_jsonl(folder / EVAL_FILE))
     scored = [(int(row["step"]), float(row[metric])) for row in evals if metric in row]
     best = best_step = final = None
     if scored:
@@ -135,7 +136,7 @@ def _read_trial(folder: Path, keys: tuple[str, ...], metric: str, mode: str) -> 
         best_step = next(step for step, value in scored if value == best)  # first reached
         final = scored[-1][1]
 
-    logged = _by_step(_read_jsonl(folder / METRICS_FILE))
+    logged = by_step(read_jsonl(folder / METRICS_FILE))
     status_path = folder / STATUS_FILE
     state = _read_json(status_path) if status_path.is_file() else {}
     reported_steps = [
@@ -257,6 +258,12 @@ def write_best(sweep_dir: str | Path, trials: Sequence[Trial]) -> Path:
         "train.storage_path": str(folder.parent),
         "observe.sweep": None,
         "observe.metrics_port": ObserveConfig().metrics_port,
+        # Where and how the sweep ran is not part of the trial's recipe: the cluster it used
+        # may be gone, and the CPU share it gave each trial's data was for running beside
+        # other trials (mmpretrain train --address says where this one runs).
+        "cluster.address": None,
+        "cluster.num_cpus": None,
+        "data.ingest_cpus": None,
         # as the trial ended with them (a PBT trial's last clone); None: not in its config
         **{key: value for key, value in best.values.items() if value is not None},
     }
@@ -326,12 +333,6 @@ def _clone(row: Row, folder: Path) -> Clone:
         raise SweepError(f"{folder / LINEAGE_FILE}: a row without step/cloned_from: {row}") from exc
 
 
-def _by_step(rows: list[Row]) -> list[Row]:
-    """One row per step, the last written (a resumed trial appends from its checkpoint)."""
-    latest = {int(row["step"]): row for row in rows if "step" in row}
-    return [latest[step] for step in sorted(latest)]
-
-
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
@@ -350,20 +351,3 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SweepError(f"{path} does not hold a JSON object")
     return data
-
-
-def _read_jsonl(path: Path) -> list[Row]:
-    """Rows of a JSON-lines file, none when it is absent; a torn last line (a trial still
-    writing, or killed mid-write) is dropped rather than failing the table."""
-    if not path.is_file():
-        return []
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    rows = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            if number == len(lines):
-                break
-            raise SweepError(f"{path}:{number} is not valid JSON: {exc}") from exc
-    return rows

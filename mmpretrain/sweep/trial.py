@@ -101,11 +101,20 @@ def run_trial(values: dict[str, Any], plan: TrialPlan) -> None:
 
     worker = threading.Thread(target=train, name=f"run {name}", daemon=True)
     worker.start()
+    final = None
     while (result := relay.get()) is not None:
+        if result["step"] >= cfg.train.max_steps:
+            final = result  # reported once the run has shut down (see below)
+            continue
         _report(result, cfg, name, plan.pointers)
     worker.join()
     if failure:
         raise failure[0]
+    # Tune stops a trial whose last result reaches the scheduler's end (ASHA's max_t) by
+    # killing its process; reported earlier, that kill would cut Ray Train's shutdown short
+    # and leave the run's placement group to Train's cleaner.
+    if final is not None:
+        _report(final, cfg, name, plan.pointers)
 
 
 def _report(result: dict[str, Any], cfg: RunConfig, name: str, pointer: bool) -> None:

@@ -30,7 +30,7 @@ class SweepWatch(tune.Callback):
         return value > self.best[0] if self.mode == "max" else value < self.best[0]
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        values = ", ".join(f"{key}={value!r:.10}" for key, value in sorted(trial.config.items()))
+        values = ", ".join(f"{key}={_short(value)}" for key, value in sorted(trial.config.items()))
         console(f"{trial}: started ({values})")
 
     def on_trial_result(
@@ -69,3 +69,7 @@ class SweepWatch(tune.Callback):
         folder.mkdir(parents=True, exist_ok=True)
         record = {"status": status, "step": step, "error": error}
         (folder / STATUS_FILE).write_text(json.dumps(record, indent=2))
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)

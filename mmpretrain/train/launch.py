@@ -17,7 +17,7 @@ from typing import Any
 
 import ray
 import ray.train
-from ray.data import DataContext, ExecutionOptions
+from ray.data import DataContext, ExecutionOptions, ExecutionResources
 from ray.train import UserCallback
 from ray.train.torch import TorchTrainer
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -221,6 +221,9 @@ def run_training(cfg: RunConfig, callbacks: Sequence[UserCallback] = ()) -> Trai
     val_options = ExecutionOptions(preserve_order=True)
     train_options = ray.train.DataConfig.default_ingest_options()
     train_options.preserve_order = cfg.train.deterministic  # else blocks go as they finish
+    if cfg.data.ingest_cpus is not None:
+        for options in (train_options, val_options):
+            options.resource_limits = ExecutionResources(cpu=cfg.data.ingest_cpus)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=dataclasses.asdict(

@@ -46,9 +46,12 @@ LIBRARY_LOGGERS = ("DeepSpeed", "torch.utils.cpp_extension")
 # Two notices Ray's core prints on every run that nobody can act on: Ray Train's own preemption
 # watcher trips a notice about its constructor arguments, and on a machine with few cores the
 # raylet warns that it started more Python workers than cores. They stay in Ray's log files.
+# A sweep adds a third: stopping a trial kills its Ray Train controller, and Train's cleaner
+# then says it removed the trial's placement group, which is what should happen.
 RAY_NOTICES = re.compile(
     r"'PreemptionWatcher' .*has constructor arguments in the object store"
     r"|PYTHON worker processes have been started on node"
+    r"|Detected that the Ray Train controller actor .* is dead\. Cleaning up placement group"
 )
 RAY_FORWARDER = "ray_print_logs"  # ray.init's handler that echoes workers' output on the driver
 
