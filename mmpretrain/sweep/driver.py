@@ -209,6 +209,8 @@ def _searcher(spec: SweepSpec, concurrency: int) -> Any:
         import optuna
         from ray.tune.search.optuna import OptunaSearch
 
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created" etc.
+
         return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=spec.seed))
     return BasicVariantGenerator(random_state=spec.seed, max_concurrent=concurrency)
 
