@@ -9,7 +9,8 @@ metrics.jsonl gives the time of the first step and of each step after it.
     python benchmarks/sweep_overhead.py --steps 64 --every 16
 
 Times: "to first step" from the command's start and, for the trial, also from the trial's
-start (when Tune's JSON logger wrote its params.json). "In steps" is the median step interval
+start (its first result's timestamp less its time_total_s: Tune stamps whole seconds, so
+that column is good to about a second). "In steps" is the median step interval
 times the steps (evaluations and checkpoints excluded); "outside" is the rest of the wall time:
 Ray and Tune start-up, worker-group start, data warm-up, evaluations, checkpoints, shutdown.
 Prints one table; record it in benchmarks/RESULTS.md with the machine.
@@ -122,7 +123,9 @@ def main() -> None:
         (root / "bench.yaml").write_text(yaml.safe_dump(spec))
         swept = _run([*mm, "sweep", "bench.yaml", *data], root)
         trial_dir = next((root / "runs" / "bench").glob("bench_*"))
-        trial_start = (trial_dir / "params.json").stat().st_mtime
+        first = json.loads((trial_dir / "result.json").read_text().splitlines()[0])
+        # Tune stamps each result with whole seconds and the time since the trial began.
+        trial_start = first["timestamp"] - first["time_total_s"]
 
         rows = [
             _summary("plain mmpretrain train", *plain, root / "runs" / "plain", args.every, None),
