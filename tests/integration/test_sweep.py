@@ -327,3 +327,18 @@ def test_pbt_clones_the_leader_and_continues_its_steps(synth_data, tmp_path) -> 
         assert re.search(r"resumed from \S+ at step [1-9]", done.stdout)
     table = show_results(folder)
     assert "cloned from" in table
+
+
+def test_a_sweep_whose_trial_cannot_fit_fails_at_once(synth_data, local_ray, tmp_path) -> None:
+    from mmpretrain.errors import ResourceError
+    from mmpretrain.sweep.driver import run_sweep
+    from mmpretrain.sweep.spec import load_spec
+
+    spec = _spec(
+        "too-big", resources={"train.num_workers": 8}, space={"optim.lr": {"grid": [1e-3]}}
+    )
+    started = time.monotonic()
+    with pytest.raises(ResourceError, match=r"train.num_workers=8 x train.cpus_per_worker=1"):
+        run_sweep(load_spec(_write(tmp_path, spec), _data(synth_data, tmp_path / "runs")))
+    assert time.monotonic() - started < 60  # no trial was started and left to wait
+    assert not list((tmp_path / "runs" / "too-big").glob("too-big_*"))
