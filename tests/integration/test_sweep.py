@@ -7,6 +7,7 @@ tests; a sweep whose driver is SIGKILLed and started again; a population-based o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -211,6 +212,18 @@ def _wait_for(predicate, timeout: float, process: subprocess.Popen) -> None:
         time.sleep(1)
 
 
+def _kill_ray_session_of(driver_pid: int) -> None:
+    """Stops, by pid, any process of the Ray the killed driver embedded that outlived its
+    process group (Ray names the session after the driver's pid)."""
+    import psutil
+
+    session = re.compile(rf"session_\S+_{driver_pid}\b")
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        if session.search(" ".join(process.info["cmdline"] or [])):
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+
+
 def test_a_sweep_whose_driver_was_killed_continues(synth_data, tmp_path) -> None:
     spec = _spec(
         "restore",
@@ -258,6 +271,7 @@ def test_a_sweep_whose_driver_was_killed_continues(synth_data, tmp_path) -> None
         finally:
             os.killpg(driver.pid, signal.SIGKILL)
             driver.wait()
+            _kill_ray_session_of(driver.pid)
     finished = next(p for p in trials() if (p / "status.json").is_file())
     interrupted = next(p for p in trials() if p != finished)
     before = {p: p.stat().st_mtime_ns for p in finished.rglob("*")}
