@@ -33,7 +33,11 @@ from mmpretrain.config import RunConfig, config_from_dict
 from mmpretrain.console import console
 from mmpretrain.errors import CheckpointError
 from mmpretrain.storage import Folder
-from mmpretrain.train.checkpoint.manifest import check_checkpoint, list_checkpoints, newest_complete
+from mmpretrain.train.checkpoint.manifest import (
+    CheckpointStatus,
+    check_checkpoint,
+    list_checkpoints,
+)
 from mmpretrain.train.launch import run_training
 
 POINTER_FILE = "pointer.json"
@@ -128,7 +132,7 @@ def _report(result: dict[str, Any], cfg: RunConfig, name: str, pointer: bool) ->
 
 
 def adopt_clone(cfg: RunConfig, pointer: dict[str, Any], keys: list[str]) -> None:
-    """Makes the source trial's newest complete checkpoint this trial's only one.
+    """Makes the source trial's checkpoint (see ``_clone_source``) this trial's only one.
 
     This trial's own checkpoints go: PBT replaces a lagging trial's state with the leader's.
     The lineage row (which trial, which step, old and new values) is written before the run
@@ -141,7 +145,7 @@ def adopt_clone(cfg: RunConfig, pointer: dict[str, Any], keys: list[str]) -> Non
         return  # restarted after this clone (driver restored): resume from own checkpoints
     source_run = Folder.of(pointer["run_dir"])
     for attempt in range(CLONE_ATTEMPTS):
-        chosen, _ = newest_complete(source_run)
+        chosen = _clone_source(source_run, pointer["step"])
         if chosen is None:
             raise CheckpointError(f"{pointer['trial']} has no complete checkpoint to clone")
         for status in list_checkpoints(own, verify_checksums=False):
@@ -168,6 +172,20 @@ def adopt_clone(cfg: RunConfig, pointer: dict[str, Any], keys: list[str]) -> Non
         handle.write(json.dumps(row) + "\n")
     changes = ", ".join(f"{key} {old.get(key)!r:.8} -> {new[key]!r:.8}" for key in keys)
     console(f"{cfg.train.run_name}: cloned {pointer['trial']} at step {chosen.step} ({changes})")
+
+
+def _clone_source(run: Folder, step: int) -> CheckpointStatus | None:
+    """The checkpoint PBT judged (the pointer's step) while it is still complete, else the
+    source's newest complete one (retention may have pruned it).
+
+    The source trial trains on while Tune decides, so its newest checkpoint can be its last:
+    a clone of that would have no steps left to train with its new values.
+    """
+    statuses = list_checkpoints(run, verify_checksums=False)  # the copy is verified in full
+    judged = [s for s in statuses if s.step == step and s.complete]
+    if judged:
+        return judged[0]
+    return next((s for s in statuses if s.complete), None)
 
 
 def _read_lineage(path: Path) -> list[dict[str, Any]]:

@@ -356,3 +356,23 @@ def test_a_sweep_whose_trial_cannot_fit_fails_at_once(synth_data, local_ray, tmp
         run_sweep(load_spec(_write(tmp_path, spec), _data(synth_data, tmp_path / "runs")))
     assert time.monotonic() - started < 60  # no trial was started and left to wait
     assert not list((tmp_path / "runs" / "too-big").glob("too-big_*"))
+
+
+def test_an_errored_trial_is_recorded_and_the_sweep_goes_on(
+    synth_data, local_ray, tmp_path
+) -> None:
+    """A batch larger than the training set passes the config but fails in the workers."""
+    from mmpretrain.sweep.driver import run_sweep
+    from mmpretrain.sweep.spec import load_spec
+
+    spec = _spec(
+        "errors",
+        space={"data.batch_size": {"grid": [1024]}},
+        search={"algorithm": "grid"},
+        budget={"train.max_steps": 16, "eval.every": 16, "checkpoint.every": 16},
+    )
+    folder = run_sweep(load_spec(_write(tmp_path, spec), _data(synth_data, tmp_path / "runs")))
+    [row] = _rows(folder).values()
+    assert row["status"] == "errored"
+    assert "data.batch_size=1024" in row["error"]  # the run's own message, last line
+    assert "errored" in show_results(folder)
