@@ -42,6 +42,7 @@ from mmpretrain.train.launch import run_training
 
 POINTER_FILE = "pointer.json"
 LINEAGE_FILE = "lineage.jsonl"
+ERROR_FILE = "trial_error.txt"  # what the run raised, whole
 CLONE_ATTEMPTS = 3  # the source trial may prune the checkpoint being copied; take its next
 
 
@@ -113,6 +114,9 @@ def run_trial(values: dict[str, Any], plan: TrialPlan) -> None:
         _report(result, cfg, name, plan.pointers)
     worker.join()
     if failure:
+        # Written before Tune sees the error: its own error file may not exist yet when the
+        # sweep's console and status.json want the message.
+        (cfg.run_dir / ERROR_FILE).write_text(str(failure[0]))
         raise failure[0]
     # Tune stops a trial whose last result reaches the scheduler's end (ASHA's max_t) by
     # killing its process; reported earlier, that kill would cut Ray Train's shutdown short

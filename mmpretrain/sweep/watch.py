@@ -15,6 +15,7 @@ from typing import Any
 from ray import tune
 
 from mmpretrain.console import console
+from mmpretrain.sweep.trial import ERROR_FILE
 
 STATUS_FILE = "status.json"
 
@@ -59,8 +60,10 @@ class SweepWatch(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         step = int((trial.last_result or {}).get("step", 0))
-        error = trial.get_error()
-        text = str(error).strip().splitlines()[-1] if error is not None else "unknown error"
+        own = self.sweep_dir / str(trial) / ERROR_FILE
+        error = own.read_text() if own.is_file() else str(trial.get_error() or "")
+        lines = [line for line in error.strip().splitlines() if line.strip()]
+        text = lines[-1].strip() if lines else "unknown error (see Ray's logs)"
         self._record(trial, "errored", step, text)
         console(f"{trial}: errored at step {step}: {text}")
 
