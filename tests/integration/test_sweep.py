@@ -276,15 +276,7 @@ def test_a_sweep_whose_driver_was_killed_continues(synth_data, tmp_path) -> None
     interrupted = next(p for p in trials() if p != finished)
     before = {p: p.stat().st_mtime_ns for p in finished.rglob("*")}
 
-    again = subprocess.run(
-        _sweep_command(spec_path, overrides),
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    again = run_cli("sweep", str(spec_path), *overrides, cwd=tmp_path)  # the same command
     resumed = re.search(r"resumed from \S+ at step (\d+)", again.stdout)
     assert resumed and int(resumed.group(1)) > 0, again.stdout[-3000:]
     assert f"{interrupted.name}: finished at step 48" in again.stdout
