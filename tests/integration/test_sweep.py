@@ -319,9 +319,11 @@ def test_pbt_clones_the_leader_and_continues_its_steps(synth_data, tmp_path) -> 
     for trial in cloned:
         others = {t.name for t in results.trials} - {trial.name}
         for clone in trial.lineage:
-            assert clone.cloned_from in others
-            assert clone.step > 0 and clone.old != clone.new
+            assert clone.cloned_from in others and clone.step > 0
             assert set(clone.new) == {"optim.lr", "objectives.itc"}
+        # The first clone replaced the trial's own values (a later one may draw the same
+        # perturbation of the same leader again).
+        assert trial.lineage[0].old != trial.lineage[0].new
         assert trial.steps == MAX_STEPS and trial.status == "finished"
         # After each clone the run went on from the cloned step, never from 0.
         rows = [json.loads(line) for line in (trial.folder / "metrics.jsonl").open()]
