@@ -123,7 +123,7 @@ def _read_trial(folder: Path, keys: tuple[str, ...], metric: str, mode: str) -> 
     config = _read_yaml(config_path) if config_path.is_file() else {}
     lineage = tuple(_clone(row, folder) for row in read_jsonl(folder / LINEAGE_FILE))
     lineage = tuple(sorted(lineage, key=lambda clone: clone.step))  # newest last
-    values = {key: _dotted(config, key) for key in keys}
+    values = {key: dotted_value(config, key) for key in keys}
     for clone in lineage:  # what the trial ended with, should config.yaml predate a clone
         values.update({key: value for key, value in clone.new.items() if key in values})
 
@@ -144,7 +144,7 @@ def _read_trial(folder: Path, keys: tuple[str, ...], metric: str, mode: str) -> 
         int(evals[-1]["step"]) if evals else 0,
         int(state.get("step") or 0),
     ]
-    max_steps = _dotted(config, "train.max_steps")
+    max_steps = dotted_value(config, "train.max_steps")
     return Trial(
         name=folder.name,
         folder=folder,
@@ -307,7 +307,8 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def _dotted(tree: Any, key: str) -> Any:
+def dotted_value(tree: Any, key: str) -> Any:
+    """``tree[a][b]`` for ``key`` ``a.b`` in a config read as plain data; None if absent."""
     for part in key.split("."):
         if not isinstance(tree, dict) or part not in tree:
             return None

@@ -33,6 +33,7 @@ from mmpretrain.config import RunConfig, config_from_dict
 from mmpretrain.console import console
 from mmpretrain.errors import CheckpointError
 from mmpretrain.storage import Folder
+from mmpretrain.sweep.results import dotted_value
 from mmpretrain.train.checkpoint.manifest import (
     CheckpointStatus,
     check_checkpoint,
@@ -161,7 +162,7 @@ def adopt_clone(cfg: RunConfig, pointer: dict[str, Any], keys: list[str]) -> Non
         if attempt == CLONE_ATTEMPTS - 1:
             raise CheckpointError(f"could not copy a complete checkpoint of {pointer['trial']}")
     old = _config_values(cfg.run_dir / "config.yaml", keys)
-    new = {key: _dotted(cfg.to_dict(), key) for key in keys}
+    new = {key: dotted_value(cfg.to_dict(), key) for key in keys}
     row = {
         "step": chosen.step,
         "cloned_from": pointer["trial"],
@@ -202,10 +203,4 @@ def _config_values(path: Path, keys: list[str]) -> dict[str, Any]:
     if not path.is_file():
         return {}
     data = yaml.safe_load(path.read_text()) or {}
-    return {key: _dotted(data, key) for key in keys}
-
-
-def _dotted(data: dict[str, Any], key: str) -> Any:
-    for part in key.split("."):
-        data = data[part]
-    return data
+    return {key: dotted_value(data, key) for key in keys}
