@@ -19,7 +19,14 @@ from importlib import metadata
 from pathlib import Path
 
 from mmpretrain.config import ConfigError, describe_fields, load_config, preset_names
-from mmpretrain.errors import CheckpointError, DataQualityError, ReportError, ResourceError
+from mmpretrain.errors import (
+    CheckpointError,
+    DataQualityError,
+    HardStopError,
+    JobError,
+    ReportError,
+    ResourceError,
+)
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -203,6 +210,43 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verbose_arg(sweep)
     sweep.set_defaults(handler=_sweep)
 
+    job = commands.add_parser(
+        "job", help="submit, follow, stop and resubmit jobs (jobs/*.yaml) on a Ray cluster"
+    )
+    job.add_argument(
+        "--address",
+        default=None,
+        help="the cluster's dashboard URL, e.g. http://127.0.0.1:8265 (default: "
+        "RAY_API_SERVER_ADDRESS, then RAY_ADDRESS, then a Ray on this machine)",
+    )
+    job_commands = job.add_subparsers(dest="action", required=True)
+    job_submit = job_commands.add_parser("submit", help="send a job spec; follow its logs")
+    job_submit.add_argument("spec", help="job spec (jobs/*.yaml)")
+    job_submit.add_argument(
+        "overrides", nargs="*", metavar="key.path=value", help="appended to the entrypoint"
+    )
+    job_resubmit = job_commands.add_parser(
+        "resubmit", help="the same spec and overrides under a new id (resumes the run)"
+    )
+    job_resubmit.add_argument("job_id")
+    for sending in (job_submit, job_resubmit):
+        sending.add_argument("--no-wait", action="store_true", help="print the id and return")
+        sending.add_argument("--submission-id", default=None, help="the new job's id")
+    job_logs = job_commands.add_parser("logs", help="the job's output")
+    job_logs.add_argument("job_id")
+    job_logs.add_argument("--follow", action="store_true", help="until the job ends")
+    for action, text in (
+        ("status", "how the job stands (and where a stopped one stopped)"),
+        ("stop", "stop gracefully: wait for its checkpoint, say the step"),
+    ):
+        job_commands.add_parser(action, help=text).add_argument("job_id")
+    job_commands.add_parser("list", help="every job on the cluster")
+    for job_parser in job_commands.choices.values():
+        job_parser.add_argument(
+            "--address", default=argparse.SUPPRESS, help="the cluster (as above)"
+        )
+    job.set_defaults(handler=_job)
+
     demo = commands.add_parser("demo", help="synthetic data -> tiny model -> retrieval eval")
     demo.add_argument("--runs-dir", default="runs")
     _add_verbose_arg(demo)
@@ -211,18 +255,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _print_result(result) -> None:  # result: mmpretrain.train.launch.TrainResult
+def _print_result(result) -> int:  # result: mmpretrain.train.launch.TrainResult
     """Where things are, then the final evaluation table: printed here, once, and not by the
-    workers (see train/loop.py ``_evaluate_and_report``), so it comes last and whole."""
+    workers (see train/loop.py ``_evaluate_and_report``), so it comes last and whole.
+
+    A run stopped by a signal says at which step and exits 128 + the signal's number, the
+    shell's way of saying "interrupted", so a script or job can tell it from a finished run.
+    """
     from mmpretrain.evaluate.report import format_table
 
     print(f"\nrun directory: {result.run_dir}")
     print(f"checkpoint:    {result.checkpoint}")
     print(f"metrics:       {result.run_dir / 'metrics.jsonl'}")
+    if result.stopped_by is not None:
+        from mmpretrain.train.stop import stopped_message
+
+        print(f"\n{stopped_message(result.stopped_at)}")
+        return 128 + result.stopped_by
     eval_path = result.run_dir / "eval.json"
     if eval_path.exists():
         print(f"eval results:  {eval_path}\n")
         print(format_table(json.loads(eval_path.read_text())))
+    return 0
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -301,8 +355,7 @@ def _tokenizer_train(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from mmpretrain.train.launch import run_training
 
-    _print_result(run_training(load_config(args.config, _run_overrides(args))))
-    return 0
+    return _print_result(run_training(load_config(args.config, _run_overrides(args))))
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -342,14 +395,37 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _job(args: argparse.Namespace) -> int:
+    """Specs are checked with this CLI's own parser: the grammar lives in one place."""
+    from mmpretrain.jobs import client
+    from mmpretrain.jobs.spec import load_job_spec
+
+    spec = None
+    if args.action == "submit":  # checked before any request is sent
+        spec = load_job_spec(args.spec, args.overrides, parse_command)
+    cluster = client.connect(args.address)
+    print(f"cluster: {cluster.url} (from {cluster.source})")
+    if spec is not None:
+        return client.submit(cluster, spec, args.submission_id, wait=not args.no_wait)
+    if args.action == "resubmit":
+        return client.resubmit(
+            cluster, args.job_id, parse_command, args.submission_id, wait=not args.no_wait
+        )
+    if args.action == "logs":
+        return client.logs(cluster, args.job_id, args.follow)
+    if args.action == "list":
+        return client.list_jobs(cluster)
+    return {"status": client.status, "stop": client.stop}[args.action](cluster, args.job_id)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from mmpretrain.demo import run_demo
 
-    _print_result(run_demo(args.runs_dir, _run_overrides(args)))
-    return 0
+    return _print_result(run_demo(args.runs_dir, _run_overrides(args)))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_command(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line as the handlers get it (also how job specs check their entrypoint)."""
     parser = build_parser()
     # Overrides may follow options (`inspect DIR --strict data.x=1`), which argparse's
     # positional handling rejects; collect any key=value leftovers as overrides.
@@ -358,12 +434,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any("=" not in item for item in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_command(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except (ConfigError, FileNotFoundError, CheckpointError, ReportError) as exc:
+    except (ConfigError, FileNotFoundError, CheckpointError, ReportError, JobError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (DataQualityError, ResourceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except HardStopError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 128 + exc.signum

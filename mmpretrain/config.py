@@ -369,6 +369,12 @@ class TrainConfig:
         "starts the run fails (Ray Train would retry forever); -1 waits forever (autoscaling).",
         default=300.0,
     )
+    stop_grace_s: float = doc(
+        "Seconds a SIGTERM/SIGINT stop may take to finish the step and write its checkpoint "
+        "(enough for a base-size ZeRO checkpoint to object storage) before the run ends without "
+        "it; jobs and pods must wait at least this long before killing.",
+        default=300.0,
+    )
     log_every: int = doc("Print progress and write metrics.jsonl every N steps.", default=10)
     storage_path: str = doc(
         "Parent of run directories: a path (local, or a file system every node mounts) or an "
@@ -420,6 +426,7 @@ class TrainConfig:
             "must be > 0, or -1 to wait forever",
         )
         _require(self.cpus_per_worker > 0, "train.cpus_per_worker", "must be > 0")
+        _require(self.stop_grace_s > 0, "train.stop_grace_s", "must be > 0")
         _require(self.max_steps >= 1, "train.max_steps", "must be >= 1")
         _require(self.max_failures >= -1, "train.max_failures", "must be >= -1")
         _require(self.log_every >= 1, "train.log_every", "must be >= 1")

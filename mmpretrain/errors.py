@@ -22,3 +22,16 @@ class SweepError(ReportError):
 
     A ReportError too: ``mmpretrain report SWEEP_DIR`` reports it like any other report input.
     """
+
+
+class HardStopError(RuntimeError):
+    """A second stop signal, or a graceful stop past train.stop_grace_s: the run ended
+    without its stop checkpoint. ``signum`` gives the exit status (128 + signum)."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+class JobError(RuntimeError):
+    """A Jobs API request that cannot go through (no cluster, no or wrong token, no such job)."""

@@ -26,8 +26,11 @@ from mmpretrain.config import ConfigError, RunConfig
 from mmpretrain.console import Ticker, TrainingWatch, console
 from mmpretrain.data import quality, resume_filter
 from mmpretrain.data.pipeline import build_dataset
-from mmpretrain.errors import ResourceError
+from mmpretrain.errors import HardStopError, ResourceError
 from mmpretrain.metrics import scrape_targets
+from mmpretrain.storage import Folder
+from mmpretrain.train import stop
+from mmpretrain.train.checkpoint.manifest import list_checkpoints
 from mmpretrain.train.loop import LoopSettings, train_loop_per_worker
 from mmpretrain.train.preflight import prepare_run
 from mmpretrain.train.quiet import (
@@ -48,6 +51,17 @@ class TrainResult:
     run_dir: Path
     checkpoint: str | None
     metrics: dict[str, Any]
+    stopped_by: int | None = None  # the signal that stopped the run early (graceful stop)
+    stopped_at: int | None = None  # the step of its checkpoint, where the same command resumes
+
+
+def newest_complete_step(storage: Folder) -> int | None:
+    """The step a resume would start from: the newest checkpoint with its manifest (a torn
+    one, cut off mid-write, has none). Checksums are not read: that can take minutes."""
+    for status in list_checkpoints(storage, verify_checksums=False):
+        if status.complete:
+            return status.step
+    return None
 
 
 def embedded_cpus(cfg: RunConfig) -> int:
@@ -201,8 +215,14 @@ def run_training(cfg: RunConfig, callbacks: Sequence[UserCallback] = ()) -> Trai
     DataContext.get_current().enable_progress_bars = False  # the trainer prints progress
     train_counter = quality.counter_name(cfg.train.run_name, "train")
     skip_list = resume_filter.filter_name(cfg.train.run_name)
+    stop_flag = stop.flag_name(cfg.train.run_name)
     # The actors live while these handles do: for the whole of fit(), restarts included.
-    actors = [quality.create_counter(train_counter), resume_filter.create_filter(skip_list)]
+    actors = [
+        quality.create_counter(train_counter),
+        resume_filter.create_filter(skip_list),
+        stop.create_flag(stop_flag),
+    ]
+    graceful = stop.GracefulStop(actors[-1], cfg.train.stop_grace_s)
     datasets = {
         "train": build_dataset(
             train_shards,
@@ -234,6 +254,7 @@ def run_training(cfg: RunConfig, callbacks: Sequence[UserCallback] = ()) -> Trai
                 resume_filter=skip_list,
                 progress_lines=not live.line.enabled and not in_sweep,
                 eval_tables=not in_sweep,
+                stop_flag=stop_flag,
             )
         ),
         scaling_config=ray.train.ScalingConfig(
@@ -267,7 +288,14 @@ def run_training(cfg: RunConfig, callbacks: Sequence[UserCallback] = ()) -> Trai
     )
     try:
         with live:
-            result = trainer.fit()
+            result = graceful.run(trainer.fit)
+    except HardStopError as exc:
+        step = newest_complete_step(storage)
+        where = f"step {step}" if step is not None else "none yet"
+        raise HardStopError(
+            f"{exc}; newest complete checkpoint: {where}; run the same command to resume",
+            exc.signum,
+        ) from None
     except ray.train.TrainingFailedError as exc:
         # Say why in our words when the workers stopped on bad data or never started.
         quality.check_bad_fraction(quality.snapshot(train_counter), cfg.data.max_bad_fraction)
@@ -282,4 +310,10 @@ def run_training(cfg: RunConfig, callbacks: Sequence[UserCallback] = ()) -> Trai
         raise exc
     del actors
     checkpoint = result.checkpoint.path if result.checkpoint is not None else None
-    return TrainResult(run_dir=run_dir, checkpoint=checkpoint, metrics=dict(result.metrics or {}))
+    outcome = TrainResult(run_dir, checkpoint, dict(result.metrics or {}))
+    if graceful.requested:
+        step = newest_complete_step(storage)
+        # A signal that came during the final evaluation found the run finished anyway.
+        if step is None or step < cfg.train.last_step:
+            outcome.stopped_by, outcome.stopped_at = graceful.signum, step
+    return outcome

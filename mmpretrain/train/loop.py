@@ -3,8 +3,8 @@
 tokenizer -> model -> resume plan (converting ZeRO shards if the world size changed) ->
 DeepSpeed engine -> restore -> ``while step < last_step`` over the worker's split of what the
 epoch has left (forward, backward, step, momentum update, note the keys consumed) -> log,
-checkpoint (with the data position of all ranks) and evaluate every N steps -> held-out
-evaluation at the end.
+checkpoint (with the data position of all ranks) and evaluate every N steps, or checkpoint and
+leave when the driver was asked to stop -> held-out evaluation at the end.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from mmpretrain.train.position import DataPosition, gather_position
 from mmpretrain.train.progress import ProgressLog
 from mmpretrain.train.quiet import library_prints, quiet_worker
 from mmpretrain.train.state import TrainState
+from mmpretrain.train.stop import StopWatch
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class LoopSettings:
     resume_filter: str | None  # the run's list of what a resumed epoch already trained on
     progress_lines: bool = True  # False when the driver draws a live line instead
     eval_tables: bool = True  # print each periodic evaluation's table (not in a sweep)
+    stop_flag: str | None = None  # the driver's SIGTERM/SIGINT flag (train/stop.py)
 
 
 class EmptyEpochError(RuntimeError):
@@ -157,7 +159,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         cfg.observe.metrics_host,
         sweep=cfg.observe.sweep,
     )
-    while state.step < last_step:
+    stop = StopWatch(settings.stop_flag)
+    stopping = False
+    while state.step < last_step and not stopping:
         _start_pass(settings.resume_filter, state.position, rank)
         batches_this_epoch = 0
         for batch in train_split.iter_torch_batches(
@@ -188,9 +192,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             state.step += 1
             update_momentum_encoder(engine.module, cfg.objectives.momentum)
             metrics.on_step()
+            # A SIGTERM to the driver: this step is the last; checkpoint it and leave.
+            stopping = stop.agreed()  # collective: all ranks stop at the same step
 
-            log_now = state.step % cfg.train.log_every == 0 or state.step == last_step
-            save_now = state.step % cfg.checkpoint.every == 0 or state.step == last_step
+            at_end = state.step == last_step or stopping
+            log_now = state.step % cfg.train.log_every == 0 or at_end
+            save_now = state.step % cfg.checkpoint.every == 0 or at_end
             if log_now or save_now:  # collective; fresh books for the log row and the checkpoint
                 counts = _shared_quality_counts(settings.quality_counter, rank)
 
@@ -217,7 +224,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 push_logs(cfg.run_dir, storage, rank, keys_path)
 
             periodic = has_val and cfg.eval.every and state.step % cfg.eval.every == 0
-            if periodic and state.step < cfg.train.max_steps:  # the last one follows the loop
+            # The last evaluation follows the loop; a stopping run saves and leaves.
+            if periodic and state.step < cfg.train.max_steps and not stopping:
                 metrics.on_eval(
                     _evaluate_and_report(
                         engine,
@@ -230,7 +238,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     )
                 )
 
-            if state.step >= last_step:
+            if state.step >= last_step or stopping:
                 break
         else:
             # A resumed epoch may have nothing left (the checkpoint was at its last step).

@@ -3,7 +3,7 @@
 Ground floor: errors, storage, console, distributed, config (in that order: a later one may
 use an earlier one). Then data/, model/ and evaluate/, each using only the ground floor and
 itself. Then metrics, then train/, then pretrained, then sweep, demo (and the like), then report
-(which reads a sweep's results), then the cli.
+(which reads a sweep's results) and jobs (which checks a sweep job's spec), then the cli.
 Also: model/ and evaluate/ know nothing of Ray or DeepSpeed, and inference imports neither.
 """
 
@@ -29,11 +29,12 @@ FLOOR = {
     "pretrained": (4, 0),  # inference: on train/checkpoint's Ray-free modules
     "sweep": (5, 0),  # beside demo and jobs, on train/
     "report": (5, 1),  # above sweep: a sweep's report reads sweep/results.py's ranking
+    "jobs": (5, 2),  # above sweep: a sweep job's spec is checked by sweep/spec.py
     "cli": (6, 0),
     "__main__": (7, 0),
     "": (7, 0),  # the package's __init__ (mmpretrain.load_pretrained)
 }
-TOP = (5, 0)  # demo, and what sits on train/ beside it (jobs)
+TOP = (5, 0)  # demo, and what sits on train/ beside it
 
 
 def unit_of(module: str) -> str:

@@ -1,0 +1,1 @@
+"""Ray Jobs: job specs (jobs/*.yaml) and the `mmpretrain job` client."""

@@ -1,0 +1,247 @@
+"""Job specs (``jobs/*.yaml``): what ``mmpretrain job submit`` sends to a cluster's Jobs API.
+
+A spec picks an ``mmpretrain`` command line and the environment it runs in; it holds no logic
+of its own. Everything that can be checked is checked here, before anything is sent: the
+spec's keys, the entrypoint's command and its config (with the overrides typed on submit), so
+a typo costs a second rather than a job that fails on the cluster minutes later.
+
+A job's entrypoint runs in Ray's copy of ``working_dir``, in a folder named after the upload;
+a relative ``train.storage_path`` would put the run there, where a resubmitted job (a new
+upload, a new folder) could not find it to resume. Job specs therefore need an absolute path
+or an object-store URI for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mmpretrain.config import ConfigError, RunConfig, load_config
+
+TOP_LEVEL = {
+    "name": "a short name, shown by `mmpretrain job list`",
+    "description": "what the job is for",
+    "entrypoint": "an `mmpretrain` command line; overrides typed on submit are appended",
+    "runtime_env": "working_dir, excludes, pip, env_vars",
+    "entrypoint_resources": "num_cpus, num_gpus, memory, resources of the driver process",
+    "metadata": "string labels kept with the job",
+    "stop_grace_s": "seconds a stop may take to write its checkpoint (train.stop_grace_s)",
+}
+RUNTIME_ENV_KEYS = ("working_dir", "excludes", "pip", "env_vars")
+RESOURCE_KEYS = ("num_cpus", "num_gpus", "memory", "resources")
+# Commands that take run-config overrides, and so a train.stop_grace_s.
+CONFIG_COMMANDS = ("train", "demo")
+JOB_COMMANDS = ("train", "demo", "sweep", "eval", "export")
+# Added to the stop grace for the job supervisor: the driver still has to exit after the
+# checkpoint, and a Ray it started has to shut down.
+SUPERVISOR_MARGIN_S = 30
+STOP_WAIT_ENV = "RAY_JOB_STOP_WAIT_TIME_S"  # read by Ray's job supervisor (see below)
+METADATA_PREFIX = "mmpretrain."
+
+
+class JobSpecError(ConfigError):
+    """A job spec or submit override that would fail on the cluster; says which key."""
+
+
+# What `mmpretrain job` needs from the CLI to check an entrypoint: its own parser, so the
+# grammar lives in one place (cli.py) and a spec cannot drift from what the job will run.
+ParseCommand = Callable[[Sequence[str]], argparse.Namespace]
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    path: Path  # the spec file; relative paths in it are read from its folder
+    text: str  # the spec as written, kept with the job so `job resubmit` sends it again
+    name: str
+    entrypoint: list[str]  # argv, without the overrides typed on submit
+    overrides: list[str]  # typed on submit, appended to the entrypoint
+    stop_grace_s: float
+    working_dir: Path | None
+    excludes: list[str] = field(default_factory=list)
+    pip: list[str] = field(default_factory=list)
+    env_vars: dict[str, str] = field(default_factory=dict)
+    resources: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+    description: str = ""
+
+    @property
+    def command(self) -> str:
+        return self.entrypoint[1]
+
+    def command_line(self) -> str:
+        """The shell line the job supervisor runs: entrypoint + overrides + the stop grace."""
+        argv = [*self.entrypoint, *self.overrides]
+        if self.command in CONFIG_COMMANDS:
+            argv.append(f"train.stop_grace_s={self.stop_grace_s:g}")
+        return shlex.join(argv)
+
+    def runtime_env(self) -> dict[str, Any]:
+        """Ray's runtime_env. The stop wait goes into env_vars because Ray's job supervisor
+        reads RAY_JOB_STOP_WAIT_TIME_S from its own environment, which the job's env_vars
+        reach (its default, 3 s, would SIGKILL a run mid-checkpoint)."""
+        env_vars = {
+            **self.env_vars,
+            STOP_WAIT_ENV: str(math.ceil(self.stop_grace_s) + SUPERVISOR_MARGIN_S),
+        }
+        runtime_env: dict[str, Any] = {"env_vars": env_vars}
+        if self.working_dir is not None:
+            runtime_env["working_dir"] = str(self.working_dir)
+            runtime_env["excludes"] = list(self.excludes)
+        if self.pip:
+            runtime_env["pip"] = list(self.pip)
+        return runtime_env
+
+    def job_metadata(self, overrides: Sequence[str] | None = None) -> dict[str, str]:
+        """The spec's labels plus what `job resubmit` needs to send the same job again."""
+        return {
+            **self.metadata,
+            f"{METADATA_PREFIX}name": self.name,
+            f"{METADATA_PREFIX}spec": str(self.path),
+            f"{METADATA_PREFIX}spec_yaml": self.text,
+            f"{METADATA_PREFIX}overrides": shlex.join(
+                self.overrides if overrides is None else overrides
+            ),
+            f"{METADATA_PREFIX}stop_grace_s": f"{self.stop_grace_s:g}",
+        }
+
+
+def load_job_spec(
+    path: str | Path, overrides: Sequence[str], parse: ParseCommand, text: str | None = None
+) -> JobSpec:
+    """Reads ``path`` (or ``text``, a copy kept with an earlier job) and checks it whole."""
+    spec_path = Path(path).resolve()
+    if text is None:
+        if not spec_path.is_file():
+            raise JobSpecError(f"job spec {str(path)!r} does not exist")
+        text = spec_path.read_text()
+    raw = yaml.safe_load(text) or {}
+    if not isinstance(raw, dict):
+        raise JobSpecError(f"{path}: a job spec is a mapping of {sorted(TOP_LEVEL)}")
+    spec = _parse(raw, spec_path, text, list(overrides))
+    _check_entrypoint(spec, parse)
+    return spec
+
+
+def _parse(raw: dict[str, Any], path: Path, text: str, overrides: list[str]) -> JobSpec:
+    _refuse_unknown(raw, TOP_LEVEL, "")
+    if not isinstance(raw.get("entrypoint"), str) or not raw["entrypoint"].strip():
+        raise JobSpecError(f"{path}: entrypoint: required, an `mmpretrain ...` command line")
+    entrypoint = shlex.split(raw["entrypoint"])
+    if entrypoint[0] != "mmpretrain" or len(entrypoint) < 2:
+        raise JobSpecError(
+            f"entrypoint: must be an `mmpretrain` command line (the jobs hold no logic of their "
+            f"own); got {raw['entrypoint']!r}"
+        )
+    if entrypoint[1] not in JOB_COMMANDS:
+        raise JobSpecError(
+            f"entrypoint: `mmpretrain {entrypoint[1]}` is not a job command; allowed: "
+            f"{', '.join(JOB_COMMANDS)}"
+        )
+    bad = [item for item in overrides if "=" not in item or item.startswith("-")]
+    if bad:
+        raise JobSpecError(f"submit overrides must be key.path=value; got {bad}")
+
+    env = _mapping(raw.get("runtime_env"), "runtime_env")
+    _refuse_unknown(env, RUNTIME_ENV_KEYS, "runtime_env.")
+    working_dir = None
+    if env.get("working_dir") is not None:
+        working_dir = (path.parent / str(env["working_dir"])).resolve()
+        if not working_dir.is_dir():
+            raise JobSpecError(
+                f"runtime_env.working_dir: {str(working_dir)!r} (read relative to the spec) is "
+                "not a folder; use null when the nodes have mmpretrain installed"
+            )
+    env_vars = {str(k): str(v) for k, v in _mapping(env.get("env_vars"), "env_vars").items()}
+    for key in env_vars:
+        if "TOKEN" in key.upper():
+            raise JobSpecError(
+                f"runtime_env.env_vars.{key}: a token does not belong in a job spec (it would "
+                "be stored with the job); the cluster's nodes hold their own"
+            )
+        if key == STOP_WAIT_ENV:
+            raise JobSpecError(
+                f"runtime_env.env_vars.{key}: set stop_grace_s instead; the wait is derived from it"
+            )
+    resources = _mapping(raw.get("entrypoint_resources"), "entrypoint_resources")
+    _refuse_unknown(resources, RESOURCE_KEYS, "entrypoint_resources.")
+    metadata = _mapping(raw.get("metadata"), "metadata")
+    clashing = [key for key in metadata if str(key).startswith(METADATA_PREFIX)]
+    if clashing:
+        raise JobSpecError(f"metadata.{clashing[0]}: keys starting {METADATA_PREFIX!r} are ours")
+    grace = raw.get("stop_grace_s", RunConfig().train.stop_grace_s)
+    if isinstance(grace, bool) or not isinstance(grace, (int, float)) or grace <= 0:
+        raise JobSpecError(f"stop_grace_s: must be a number of seconds > 0; got {grace!r}")
+    return JobSpec(
+        path=path,
+        text=text,
+        name=str(raw.get("name") or path.stem),
+        entrypoint=entrypoint,
+        overrides=overrides,
+        stop_grace_s=float(grace),
+        working_dir=working_dir,
+        excludes=_strings(env.get("excludes", []), "runtime_env.excludes"),
+        pip=_strings(env.get("pip", []), "runtime_env.pip"),
+        env_vars=env_vars,
+        resources=dict(resources),
+        metadata={str(k): str(v) for k, v in metadata.items()},
+        description=str(raw.get("description", "")),
+    )
+
+
+def _check_entrypoint(spec: JobSpec, parse: ParseCommand) -> None:
+    """Loads what the job will load, here: its config, or its sweep spec, with the overrides."""
+    try:
+        args = parse([*spec.entrypoint[1:], *spec.overrides])
+    except SystemExit as exc:  # argparse has printed its usage line
+        raise JobSpecError(f"entrypoint: {shlex.join(spec.entrypoint)} does not parse") from exc
+    overrides = list(getattr(args, "overrides", []))
+    if spec.command in CONFIG_COMMANDS:
+        overrides.append(f"train.stop_grace_s={spec.stop_grace_s:g}")
+    if spec.command == "sweep":
+        from mmpretrain.sweep.spec import load_spec
+
+        sweep_spec = Path(args.spec)
+        if not sweep_spec.is_absolute() and spec.working_dir is not None:
+            sweep_spec = spec.working_dir / sweep_spec  # where the job will read it
+        load_spec(sweep_spec, overrides)
+        return
+    if spec.command == "export":
+        return
+    # eval reads its config from the checkpoint; its overrides are checked against a preset.
+    cfg = load_config(getattr(args, "config", "tiny") or "tiny", overrides)
+    storage = cfg.train.storage_path
+    if spec.command in CONFIG_COMMANDS and "://" not in storage and not Path(storage).is_absolute():
+        raise JobSpecError(
+            f"train.storage_path={storage!r}: a job needs an absolute path every node mounts, or "
+            "an object-store URI; a relative one lands in Ray's copy of working_dir, where a "
+            "resubmitted job cannot find the run to resume it"
+        )
+
+
+def _refuse_unknown(raw: Mapping[str, Any], allowed: Any, prefix: str) -> None:
+    unknown = sorted(set(raw) - set(allowed))
+    if unknown:
+        raise JobSpecError(
+            f"{prefix}{unknown[0]}: not a job spec key; allowed: {', '.join(sorted(allowed))}"
+        )
+
+
+def _mapping(value: Any, key: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise JobSpecError(f"{key}: must be a mapping; got {value!r}")
+    return value
+
+
+def _strings(value: Any, key: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise JobSpecError(f"{key}: must be a list of strings; got {value!r}")
+    return list(value)
