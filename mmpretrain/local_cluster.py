@@ -110,6 +110,9 @@ class ClusterInfo:
     client_server_port: int
     nodes: tuple[NodeInfo, ...]
     started_at: float  # time.time() before the first node started
+    # The head's two other Prometheus endpoints, listed in the SD file beside the nodes'.
+    autoscaler_metrics_port: int = 0
+    dashboard_metrics_port: int = 0
 
     @property
     def gcs_address(self) -> str:
@@ -138,6 +141,8 @@ class ClusterInfo:
             "dashboard_port": self.dashboard_port,
             "client_server_port": self.client_server_port,
             "started_at": self.started_at,
+            "autoscaler_metrics_port": self.autoscaler_metrics_port,
+            "dashboard_metrics_port": self.dashboard_metrics_port,
             "gcs_address": self.gcs_address,
             "dashboard_url": self.dashboard_url,
             "sd_file": str(self.sd_file),
@@ -167,6 +172,8 @@ class ClusterInfo:
             client_server_port=data["client_server_port"],
             nodes=nodes,
             started_at=data["started_at"],
+            autoscaler_metrics_port=data.get("autoscaler_metrics_port", 0),
+            dashboard_metrics_port=data.get("dashboard_metrics_port", 0),
         )
 
 
@@ -230,6 +237,8 @@ class Plan:
     gcs_port: int
     client_server_port: int
     nodes: tuple[NodeInfo, ...]
+    autoscaler_metrics_port: int
+    dashboard_metrics_port: int
 
 
 def plan_nodes(
@@ -245,15 +254,18 @@ def plan_nodes(
     Why a port per node for everything: the nodes share one machine (one network namespace), so
     two raylets, object managers or metrics agents left to Ray's defaults would ask for the same
     port, and a fixed default (GCS 6379, Ray's worker range, the agent's 52365, the client
-    server's 10001) may be held by another Ray on the machine. Only ports Ray picks at random
+    server's 10001, the head's metrics servers' 44217 and 44227) may be held by another Ray on the
+    machine; a metrics port taken there is only logged, and the SD file would then send
+    Prometheus to the other Ray's endpoint under this cluster's name. Only ports Ray picks at random
     for itself (agents' gRPC, the runtime env agent) are left to it. All free ports are taken in
     one go, so none is handed out twice.
     """
     count = workers + 1
     taken = {dashboard_port, head_port}
-    ports = [port for port in free_ports(3 * count + 4) if port not in taken]
+    ports = [port for port in free_ports(3 * count + 6) if port not in taken]
     gcs_port = head_port if head_port is not None else ports.pop()
     client_port = ports.pop()
+    autoscaler_port, dashboard_metrics_port = ports.pop(), ports.pop()
     ranges = worker_port_ranges(count, rng)
     nodes = tuple(
         NodeInfo(
@@ -268,7 +280,7 @@ def plan_nodes(
         )
         for index in range(count)
     )
-    return Plan(gcs_port, client_port, nodes)
+    return Plan(gcs_port, client_port, nodes, autoscaler_port, dashboard_metrics_port)
 
 
 def node_args(node: NodeInfo, gcs_port: int, dashboard_port: int, client_port: int) -> list[str]:
@@ -356,6 +368,12 @@ def _write_info(info: ClusterInfo) -> None:
     tmp = info.state_dir / f".{INFO_FILE}.tmp"
     tmp.write_text(json.dumps(info.to_json(), indent=2))
     os.replace(tmp, info.state_dir / INFO_FILE)
+
+
+def _forget(state_dir: Path) -> None:
+    """Removes the record and the token of a stopped cluster; its logs stay."""
+    for name in (INFO_FILE, TOKEN_FILE):
+        (state_dir / name).unlink(missing_ok=True)
 
 
 def read_info(state_dir: Path | str) -> ClusterInfo:
@@ -485,18 +503,21 @@ def _ray_cli() -> str:
     return found
 
 
-def _node_env(state_dir: Path, token_path: Path) -> dict[str, str]:
+def _node_env(info: ClusterInfo) -> dict[str, str]:
     """The nodes' environment: token auth on with the cluster's own token file.
 
     RAY_AUTH_TOKEN is dropped because Ray reads it before RAY_AUTH_TOKEN_PATH; RAY_ADDRESS and
-    RAY_API_SERVER_ADDRESS because a head must not go looking for some other cluster.
+    RAY_API_SERVER_ADDRESS because a head must not go looking for some other cluster. The head's
+    autoscaler and dashboard metrics ports have no ``ray start`` flag, only these variables.
     """
     drop = {"RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN"}
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(
         RAY_AUTH_MODE="token",
-        RAY_AUTH_TOKEN_PATH=str(token_path),
-        **{MARKER_ENV: str(state_dir)},
+        RAY_AUTH_TOKEN_PATH=str(info.token_path),
+        AUTOSCALER_METRIC_PORT=str(info.autoscaler_metrics_port),
+        DASHBOARD_METRIC_PORT=str(info.dashboard_metrics_port),
+        **{MARKER_ENV: str(info.state_dir)},
     )
     return env
 
@@ -632,9 +653,17 @@ def up(
     plan = plan_nodes(state_dir, workers, cpus_per_node, head_port, dashboard_port)
     gcs_port, client_port = plan.gcs_port, plan.client_server_port
     info = ClusterInfo(
-        state_dir, token_path, gcs_port, dashboard_port, client_port, (), time.time()
+        state_dir,
+        token_path,
+        gcs_port,
+        dashboard_port,
+        client_port,
+        (),
+        time.time(),
+        plan.autoscaler_metrics_port,
+        plan.dashboard_metrics_port,
     )
-    env = _node_env(state_dir, token_path)
+    env = _node_env(info)
     started: list[NodeInfo] = []
     try:
         for node in plan.nodes:
@@ -647,14 +676,14 @@ def up(
         tried = NodeInfo(**{**failed.node.__dict__, "session": failed.session})
         info = ClusterInfo(**{**info.__dict__, "nodes": (*started, tried)})
         _stop(info, state_dir, STOP_GRACE_S)
-        (state_dir / INFO_FILE).unlink(missing_ok=True)
+        _forget(state_dir)
         raise ClusterError(
             f"node {failed.node.index} did not start; stopped what had started. "
             f"ray start said:\n{_tail(failed.output, 15)}\n{_log_tail(failed.node)}".rstrip()
         ) from None
     except BaseException:
         _stop(info, state_dir, STOP_GRACE_S)
-        (state_dir / INFO_FILE).unlink(missing_ok=True)
+        _forget(state_dir)
         raise
     nodes = tuple(
         NodeInfo(**{**node.__dict__, "pids": _session_pids(node.session)}) for node in started
@@ -675,8 +704,7 @@ def down(state_dir: Path | str, grace: float = STOP_GRACE_S) -> str:
     state_dir = Path(state_dir).expanduser().resolve()
     info = read_info(state_dir) if (state_dir / INFO_FILE).is_file() else None
     stopped = _stop(info, state_dir, grace)
-    for name in (INFO_FILE, TOKEN_FILE):
-        (state_dir / name).unlink(missing_ok=True)
+    _forget(state_dir)
     if not stopped and info is None:
         return f"nothing to stop: no cluster in {state_dir}"
     if not stopped:

@@ -102,6 +102,7 @@ def test_metrics_are_open_and_prometheus_finds_every_node(local_cluster: LocalCl
         assert http_get(f"http://127.0.0.1:{node.metrics_export_port}/metrics") == 200
     # The head rewrites the service-discovery file every few seconds as nodes come and go.
     want = {node.metrics_export_port for node in info.nodes}
+    want |= {info.autoscaler_metrics_port, info.dashboard_metrics_port}  # the head's own two
     deadline, ports = time.monotonic() + 30, set()
     while time.monotonic() < deadline:
         if info.sd_file.exists():
@@ -138,13 +139,16 @@ print(json.dumps({"nodes": nodes, "cpus": ray.cluster_resources()["CPU"]}))
     assert len(set(result["nodes"])) == 2
     assert result["cpus"] == 2 * CPUS_PER_NODE
 
-    # Without the token the same driver is refused.
+    # The GCS listens on every address, so the token is what keeps others out: without it,
+    # `ray status` is refused (ray.init would be too, after 20 s of retries).
+    ray_cli = str(Path(sys.executable).parent / "ray")
     env = {**local_cluster.env, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_AUTH_TOKEN_PATH")
+    address = local_cluster.info.gcs_address
     refused = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+        [ray_cli, "status", "--address", address], env=env, capture_output=True, text=True
     )
-    assert refused.returncode != 0
+    assert refused.returncode != 0 and "InvalidAuthToken" in refused.stderr, refused.stderr[-500:]
 
 
 def test_cli_status_env_and_a_second_up(local_cluster: LocalCluster, capsys) -> None:

@@ -38,10 +38,15 @@ def flags(args: list[str]) -> dict[str, str]:
 
 def test_every_node_gets_ports_and_a_temp_dir_of_its_own(tmp_path: Path) -> None:
     plan = plan_nodes(tmp_path, workers=3, cpus_per_node=2, rng=random.Random(0))
-    ports = [plan.gcs_port, plan.client_server_port]
+    ports = [
+        plan.gcs_port,
+        plan.client_server_port,
+        plan.autoscaler_metrics_port,
+        plan.dashboard_metrics_port,
+    ]
     for node in plan.nodes:
         ports += [node.node_manager_port, node.object_manager_port, node.metrics_export_port]
-    assert len(ports) == len(set(ports)) and 8265 not in ports
+    assert len(ports) == len(set(ports)) and not {8265, 44217, 44227, 52365} & set(ports)
     ranges = sorted((n.min_worker_port, n.max_worker_port) for n in plan.nodes)
     for (_, high), (low, _) in itertools.pairwise(ranges):
         assert high < low  # disjoint
@@ -71,7 +76,7 @@ def test_ray_start_arguments_of_head_and_worker(tmp_path: Path) -> None:
 
 def test_client_env_points_ray_init_at_the_gcs_and_jobs_at_the_dashboard(tmp_path: Path) -> None:
     plan = plan_nodes(tmp_path, workers=1, cpus_per_node=1)
-    info = ClusterInfo(tmp_path, tmp_path / "auth_token", 7000, 7001, 7002, plan.nodes, 0.0)
+    info = ClusterInfo(tmp_path, tmp_path / "auth_token", 7000, 7001, 7002, plan.nodes, 0.0, 1, 2)
     assert client_env(info) == {
         "RAY_ADDRESS": "127.0.0.1:7000",
         "RAY_API_SERVER_ADDRESS": "http://127.0.0.1:7001",
