@@ -506,13 +506,18 @@ def _ray_cli() -> str:
 def _node_env(info: ClusterInfo) -> dict[str, str]:
     """The nodes' environment: token auth on with the cluster's own token file.
 
-    RAY_AUTH_TOKEN is dropped because Ray reads it before RAY_AUTH_TOKEN_PATH; RAY_ADDRESS and
-    RAY_API_SERVER_ADDRESS because a head must not go looking for some other cluster. The head's
-    autoscaler and dashboard metrics ports have no ``ray start`` flag, only these variables.
+    RAY_AUTH_TOKEN is dropped because Ray reads it before RAY_AUTH_TOKEN_PATH, and
+    RAY_API_SERVER_ADDRESS because it may name another cluster. RAY_ADDRESS is set to this
+    cluster's GCS: Ray's own actors look their cluster up with address "auto" when it is unset
+    (Ray Train's PlacementGroupCleaner does, through the state API), which fails with "Found
+    multiple active Ray instances" as soon as any other Ray runs on the machine. ``ray start``
+    itself does not read RAY_ADDRESS. The head's autoscaler and dashboard metrics ports have no
+    ``ray start`` flag, only these variables.
     """
-    drop = {"RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN"}
+    drop = {"RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN"}
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(
+        RAY_ADDRESS=info.gcs_address,
         RAY_AUTH_MODE="token",
         RAY_AUTH_TOKEN_PATH=str(info.token_path),
         AUTOSCALER_METRIC_PORT=str(info.autoscaler_metrics_port),
