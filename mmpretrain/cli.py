@@ -247,6 +247,26 @@ def build_parser() -> argparse.ArgumentParser:
         )
     job.set_defaults(handler=_job)
 
+    cluster = commands.add_parser(
+        "cluster", help="a local multi-node Ray cluster on this machine (token auth, own ports)"
+    )
+    cluster_commands = cluster.add_subparsers(dest="action", required=True)
+    for action, text in (
+        ("up", "start a head and worker nodes; print how to use them"),
+        ("down", "stop exactly this cluster's processes (never `ray stop`)"),
+        ("status", "nodes alive, CPUs and resources, dashboard, env"),
+        ("env", 'print `export` lines: eval "$(mmpretrain cluster env)"'),
+    ):
+        sub = cluster_commands.add_parser(action, help=text)
+        sub.add_argument(
+            "--dir", default=None, help="state dir (default /tmp/mmpretrain-cluster-USER)"
+        )
+        if action == "up":
+            sub.add_argument("--workers", type=int, default=1, help="worker nodes besides the head")
+            sub.add_argument("--cpus-per-node", type=int, default=4, help="logical CPUs per node")
+            sub.add_argument("--dashboard-port", type=int, default=8265)
+        sub.set_defaults(handler=_cluster)
+
     demo = commands.add_parser("demo", help="synthetic data -> tiny model -> retrieval eval")
     demo.add_argument("--runs-dir", default="runs")
     _add_verbose_arg(demo)
@@ -416,6 +436,24 @@ def _job(args: argparse.Namespace) -> int:
     if args.action == "list":
         return client.list_jobs(cluster)
     return {"status": client.status, "stop": client.stop}[args.action](cluster, args.job_id)
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    from mmpretrain import local_cluster
+
+    state_dir = args.dir or local_cluster.default_state_dir()
+    if args.action == "up":
+        info = local_cluster.up(
+            state_dir, args.workers, args.cpus_per_node, None, args.dashboard_port
+        )
+        print(local_cluster.describe(info))
+    elif args.action == "down":
+        print(local_cluster.down(state_dir))
+    elif args.action == "status":
+        print(local_cluster.status(state_dir))
+    else:
+        print(local_cluster.export_lines(local_cluster.read_info(state_dir)))
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:

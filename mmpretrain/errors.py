@@ -9,6 +9,14 @@ class ResourceError(RuntimeError):
     """The cluster cannot hold the requested worker group; Ray would otherwise wait forever."""
 
 
+class ClusterError(ResourceError):
+    """A local cluster that cannot start, is already running, or is not there to use.
+
+    A ResourceError too: the CLI reports it as ``error: ...`` without a traceback, like any
+    other cluster that cannot give a run what it needs.
+    """
+
+
 class CheckpointError(RuntimeError):
     """A path that is not a usable run directory, checkpoint or export; says which and why."""
 

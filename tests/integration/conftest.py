@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.cluster_fixture import local_cluster  # noqa: F401 (a fixture)
+
 BATCH, WORKERS = 16, 2
 FIRST_STEPS = 128  # enough for held-out recall@1 well above 10x chance (0.15-0.18 seen)
 CHECKPOINT_EVERY, LOG_EVERY = 64, 16
