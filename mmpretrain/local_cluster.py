@@ -512,11 +512,14 @@ def _node_env(info: ClusterInfo) -> dict[str, str]:
     (Ray Train's PlacementGroupCleaner does, through the state API), which fails with "Found
     multiple active Ray instances" as soon as any other Ray runs on the machine. ``ray start``
     itself does not read RAY_ADDRESS. The head's autoscaler and dashboard metrics ports have no
-    ``ray start`` flag, only these variables.
+    ``ray start`` flag, only these variables. This interpreter's folder goes first on PATH: a
+    job's entrypoint is an ``mmpretrain ...`` command line, run by the nodes' shell, which must
+    find this installation's command even when its virtual environment is not activated.
     """
     drop = {"RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN"}
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(
+        PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         RAY_ADDRESS=info.gcs_address,
         RAY_AUTH_MODE="token",
         RAY_AUTH_TOKEN_PATH=str(info.token_path),
