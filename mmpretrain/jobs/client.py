@@ -80,9 +80,11 @@ def connect(address: str | None) -> Cluster:
             "the Ray running on this machine",
         )
     where = address or os.environ.get(source, "this machine")
-    # Ray's client logs every file it leaves out of an upload at INFO; keep the console ours.
-    for name in ("ray", "ray.dashboard.modules.job.sdk"):  # the second sets its own level
-        logging.getLogger(name).setLevel(logging.ERROR)
+    # Ray's client logs each upload and every file it leaves out of one; keep the console ours.
+    # Several of its modules set their own logger's level, so each is lowered by name.
+    for name in [*logging.root.manager.loggerDict, "ray"]:
+        if name == "ray" or name.startswith("ray."):
+            logging.getLogger(name).setLevel(logging.ERROR)
     try:
         with _address_wins(address) if address else contextlib.nullcontext():
             client = JobSubmissionClient()
