@@ -53,10 +53,21 @@ def gather_objects(value: T) -> list[T]:
     return gathered
 
 
+def _all_reduce(tensor: torch.Tensor, op: dist.ReduceOp) -> None:
+    """In place, on the device the group's backend reduces on: NCCL only reduces CUDA tensors,
+    so a CPU tensor (a log row, a count) makes the round trip to the GPU and back."""
+    if dist.get_backend() == dist.Backend.NCCL and tensor.device.type != "cuda":
+        on_gpu = tensor.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(on_gpu, op=op)
+        tensor.copy_(on_gpu)
+    else:
+        dist.all_reduce(tensor, op=op)
+
+
 def mean_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
     """Averages ``tensor`` over the ranks, in place, and returns it."""
     if is_distributed():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        _all_reduce(tensor, dist.ReduceOp.SUM)
         tensor.div_(dist.get_world_size())
     return tensor
 
@@ -65,5 +76,5 @@ def max_across_ranks(value: int) -> int:
     if not is_distributed():
         return value
     holder = torch.tensor([value])
-    dist.all_reduce(holder, op=dist.ReduceOp.MAX)
+    _all_reduce(holder, dist.ReduceOp.MAX)
     return int(holder.item())
