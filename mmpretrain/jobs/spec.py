@@ -19,11 +19,14 @@ import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from mmpretrain.config import ConfigError, RunConfig, load_config
+
+if TYPE_CHECKING:
+    from mmpretrain.sweep.spec import SweepSpec
 
 TOP_LEVEL = {
     "name": "a short name, shown by `mmpretrain job list`",
@@ -197,32 +200,49 @@ def _parse(raw: dict[str, Any], path: Path, text: str, overrides: list[str]) -> 
 
 def _check_entrypoint(spec: JobSpec, parse: ParseCommand) -> None:
     """Loads what the job will load, here: its config, or its sweep spec, with the overrides."""
+    grace = [f"train.stop_grace_s={spec.stop_grace_s:g}"] if spec.command in CONFIG_COMMANDS else []
+    check_command([*spec.entrypoint, *spec.overrides], parse, grace, spec.working_dir)
+
+
+def check_command(
+    argv: Sequence[str],
+    parse: ParseCommand,
+    extra_overrides: Sequence[str] = (),
+    base_dir: Path | None = None,
+) -> RunConfig | SweepSpec | None:
+    """Loads what an ``mmpretrain`` command line run on a cluster will load, here, and returns
+    it: the run config (train, demo, eval), the sweep spec (sweep), or None (export).
+
+    Shared by job specs and the Kubernetes manifests' RayJob entrypoints (tests/unit/test_k8s.py),
+    so both are held to what the CLI itself accepts. ``extra_overrides`` go after the command
+    line's own; a relative sweep spec path is read from ``base_dir`` (the job's working_dir).
+    """
+    if not argv or argv[0] != "mmpretrain":
+        raise JobSpecError(f"entrypoint: must be an `mmpretrain` command line; got {argv!r}")
     try:
-        args = parse([*spec.entrypoint[1:], *spec.overrides])
+        args = parse(argv[1:])
     except SystemExit as exc:  # argparse has printed its usage line
-        raise JobSpecError(f"entrypoint: {shlex.join(spec.entrypoint)} does not parse") from exc
-    overrides = list(getattr(args, "overrides", []))
-    if spec.command in CONFIG_COMMANDS:
-        overrides.append(f"train.stop_grace_s={spec.stop_grace_s:g}")
-    if spec.command == "sweep":
+        raise JobSpecError(f"entrypoint: {shlex.join(argv)} does not parse") from exc
+    overrides = [*getattr(args, "overrides", []), *extra_overrides]
+    if args.command == "sweep":
         from mmpretrain.sweep.spec import load_spec
 
         sweep_spec = Path(args.spec)
-        if not sweep_spec.is_absolute() and spec.working_dir is not None:
-            sweep_spec = spec.working_dir / sweep_spec  # where the job will read it
-        load_spec(sweep_spec, overrides)
-        return
-    if spec.command == "export":
-        return
+        if not sweep_spec.is_absolute() and base_dir is not None:
+            sweep_spec = base_dir / sweep_spec  # where the job will read it
+        return load_spec(sweep_spec, overrides)
+    if args.command == "export":
+        return None
     # eval reads its config from the checkpoint; its overrides are checked against a preset.
     cfg = load_config(getattr(args, "config", "tiny") or "tiny", overrides)
     storage = cfg.train.storage_path
-    if spec.command in CONFIG_COMMANDS and "://" not in storage and not Path(storage).is_absolute():
+    if args.command in CONFIG_COMMANDS and "://" not in storage and not Path(storage).is_absolute():
         raise JobSpecError(
             f"train.storage_path={storage!r}: a job needs an absolute path every node mounts, or "
             "an object-store URI; a relative one lands in Ray's copy of working_dir, where a "
             "resubmitted job cannot find the run to resume it"
         )
+    return cfg
 
 
 def _refuse_unknown(raw: Mapping[str, Any], allowed: Any, prefix: str) -> None:
