@@ -290,6 +290,9 @@ def run_training(cfg: RunConfig, callbacks: Sequence[UserCallback] = ()) -> Trai
         with live:
             result = graceful.run(trainer.fit)
     except HardStopError as exc:
+        # At once: the workers go now, mid-step or mid-checkpoint (a torn one has no manifest),
+        # rather than at exit, after they may have finished the stop's checkpoint after all.
+        ray.shutdown()
         step = newest_complete_step(storage)
         where = f"step {step}" if step is not None else "none yet"
         raise HardStopError(
