@@ -11,6 +11,7 @@ epoch of 256 samples: 2 workers of batch 8 take 16 steps.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -65,18 +67,32 @@ def train_argv(synth_data, shards: Path, storage: Path, name: str, *extra: str) 
     ]
 
 
-def start(argv: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
-    # Its own session, as a shell's job: nothing of the run's shares pytest's process group.
-    return subprocess.Popen(
-        argv,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+@pytest.fixture
+def start() -> Iterator[Callable[[list[str]], subprocess.Popen]]:
+    """Starts `mmpretrain train` as a shell's job; whatever a failed test leaves running (the
+    driver and its embedded Ray, which share its process group) is killed at teardown."""
+    started: list[subprocess.Popen] = []
+
+    def launch(argv: list[str]) -> subprocess.Popen:
+        env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+        env.pop("RAY_ADDRESS", None)
+        # Its own session: nothing of the run's shares pytest's process group.
+        proc = subprocess.Popen(
+            argv,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        started.append(proc)
+        return proc
+
+    yield launch
+    for proc in started:
+        with contextlib.suppress(ProcessLookupError):  # nothing of it left: the usual case
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen, timeout_s: float = 600) -> None:
@@ -96,7 +112,7 @@ def epoch_keys(shards: Path) -> Counter:
 
 
 def test_sigterm_checkpoints_the_step_and_the_same_command_resumes_exactly(
-    synth_data, epoch_shards, tmp_path
+    synth_data, epoch_shards, tmp_path, start
 ) -> None:
     argv = train_argv(synth_data, epoch_shards, tmp_path, "graceful", "checkpoint.every=1000")
     run_dir = tmp_path / "graceful"
@@ -134,7 +150,7 @@ def test_sigterm_checkpoints_the_step_and_the_same_command_resumes_exactly(
 
 
 def test_a_second_sigterm_stops_at_once_and_the_previous_checkpoint_stays_newest(
-    synth_data, epoch_shards, tmp_path
+    synth_data, epoch_shards, tmp_path, start
 ) -> None:
     argv = train_argv(
         synth_data,
