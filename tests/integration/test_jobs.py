@@ -19,9 +19,11 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
 from mmpretrain.data.shards import iter_shard
 from mmpretrain.data.synth import write_synthetic_shards
+from mmpretrain.jobs.spec import SUPERVISOR_MARGIN_S
 from mmpretrain.train.audit import read_sample_keys
 from mmpretrain.train.checkpoint.manifest import list_checkpoints
 from tests.integration.cluster_fixture import LocalCluster
@@ -143,7 +145,8 @@ def test_job_stop_waits_for_the_checkpoint_and_resubmit_resumes_exactly(
     # What the cluster keeps of the jobs (entrypoints, metadata, env) never holds the token.
     jobs = http_get_text(f"{local_cluster.info.dashboard_url}/api/jobs/", local_cluster.token)
     assert "tiny-1" in jobs and local_cluster.token not in jobs
-    assert json.loads(jobs)[0]["runtime_env"]["env_vars"]["RAY_JOB_STOP_WAIT_TIME_S"] == "90"
+    wait_s = yaml.safe_load(SPEC.read_text())["stop_grace_s"] + SUPERVISOR_MARGIN_S
+    assert json.loads(jobs)[0]["runtime_env"]["env_vars"]["RAY_JOB_STOP_WAIT_TIME_S"] == str(wait_s)
     # No driver of either job is left running on the cluster.
     left = [
         p.pid
