@@ -166,6 +166,7 @@ class TrainMetrics:
         self._m = {spec.name: _Metric(spec, default, use_ray, registry) for spec in SPECS}
         self._skipped: dict[str, int] = {}
         self._tokens: torch.Tensor | int = 0
+        self._reset_window()
         self._restart_clock()
 
     @classmethod
@@ -194,10 +195,26 @@ class TrainMetrics:
 
     def on_step(self) -> None:
         """At a gradient-accumulation boundary: one optimizer step's time and data wait."""
+        seconds = time.perf_counter() - self._step_start
         self._record("steps_total", 1)
-        self._record("step_seconds", time.perf_counter() - self._step_start)
+        self._record("step_seconds", seconds)
         self._record("data_wait_seconds_total", self._waited)
+        self._window_steps += 1
+        self._window_seconds += seconds
+        self._window_wait += self._waited
         self._restart_clock()
+
+    def take_step_timing(self) -> dict[str, float]:
+        """This rank's mean step time and data-wait share since the last call, for the log row:
+        ``metrics.jsonl`` then tells whether the data kept up without a Prometheus server."""
+        steps, seconds, waited = self._window_steps, self._window_seconds, self._window_wait
+        self._reset_window()
+        if not steps:
+            return {}
+        return {"step_seconds": seconds / steps, "data_wait_share": waited / seconds}
+
+    def _reset_window(self) -> None:
+        self._window_steps, self._window_seconds, self._window_wait = 0, 0.0, 0.0
 
     def _restart_clock(self) -> None:
         """Logging, checkpoints and evaluation between steps count as neither step nor wait."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import time
 import urllib.request
 from pathlib import Path
 
@@ -151,3 +152,25 @@ def test_observe_config_is_validated() -> None:
         load_config("tiny", ["observe.metrics_port=70000"])
     with pytest.raises(ConfigError, match=r"observe\.metrics_host"):
         load_config("tiny", ["observe.metrics_host="])
+
+
+def test_step_timing_splits_each_step_into_compute_and_data_wait() -> None:
+    """The log row's step time and data-wait share: two steps, each waiting ~40 ms for its
+    batch and computing ~10 ms; time spent logging between windows counts as neither."""
+    metrics = TrainMetrics("unit", 0, use_ray=False)
+    assert metrics.take_step_timing() == {}  # no step yet: no row fields
+    for _ in range(2):
+        time.sleep(0.04)
+        metrics.batch_arrived()
+        time.sleep(0.01)
+        metrics.on_batch(4, torch.ones(4, 8, dtype=torch.long))
+        metrics.on_step()
+    timing = metrics.take_step_timing()
+    assert 0.045 <= timing["step_seconds"] < 0.2
+    assert 0.6 < timing["data_wait_share"] < 0.9
+    time.sleep(0.05)  # a log row being written
+    metrics.on_log({"loss": 1.0}, None, {})
+    metrics.batch_arrived()
+    metrics.on_batch(4, torch.ones(4, 8, dtype=torch.long))
+    metrics.on_step()
+    assert metrics.take_step_timing()["data_wait_share"] < 0.5  # the log time is not wait
