@@ -1,0 +1,315 @@
+"""Seconds per training step: a plain PyTorch loop vs DeepSpeed alone vs mmpretrain on Ray Train.
+
+The same model (the preset's whole pretraining task), batch, optimizer (torch AdamW with
+mmpretrain's parameter groups, warmup-cosine schedule, gradient clipping) and data, one worker,
+the same number of torch threads:
+
+  (a) a plain PyTorch loop over pre-decoded batches in memory: no Ray, no DeepSpeed;
+  (b) the same loop through a DeepSpeed engine, ZeRO-0 and ZeRO-2 (one gloo rank), as a
+      hand-written DeepSpeed script would do it;
+  (c) ``python -m mmpretrain train`` as a user runs it: Ray Train, DeepSpeed ZeRO-2, Ray Data
+      decoding the same shards, with every per-step duty of the real loop (stop agreement,
+      data position, sample-key log, metrics).
+
+(a) and (b) time each step; (c) is read from the run's ``metrics.jsonl`` (wall time between
+two log rows, so logging is included, and the data-wait share rank 0 measured). Each row runs
+in a fresh process. The first ``--warmup`` steps are left out everywhere.
+
+    python benchmarks/train_overhead.py --preset tiny --steps 60 --warmup 20
+
+Prints one table; record it in benchmarks/RESULTS.md with the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+THREADS_NOTE = (
+    "torch threads = train.cpus_per_worker in every row; the rest of the cores are left to "
+    "Ray Data in (c)"
+)
+ROWS = ("plain", "plain_fused", "zero0", "zero2")
+
+
+def load_batches(cfg: Any, shards: list[str], count: int) -> list[dict[str, Any]]:
+    """``count`` batches decoded once with the pipeline's own transform, kept in memory."""
+    import numpy as np
+    import torch
+
+    from mmpretrain.data.shards import iter_shard
+    from mmpretrain.data.tokenizer import load_tokenizer
+    from mmpretrain.data.transforms import prepare_sample
+
+    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    size = cfg.data.batch_size
+    images, captions = [], []
+    for shard in shards:
+        for _, members in iter_shard(shard):
+            image, caption = prepare_sample(members, cfg.data)
+            images.append(image)
+            captions.append(caption)
+            if len(images) == size * count:
+                break
+    batches = []
+    for start in range(0, size * count, size):
+        ids, mask = tokenizer.encode(captions[start : start + size], cfg.data.max_text_len)
+        batches.append(
+            {
+                "image": torch.from_numpy(np.stack(images[start : start + size])),
+                "input_ids": torch.from_numpy(ids),
+                "attention_mask": torch.from_numpy(mask),
+            }
+        )
+    return batches
+
+
+def time_steps(step: Any, batches: list[dict[str, Any]], steps: int) -> list[float]:
+    durations = []
+    for index in range(steps):
+        batch = batches[index % len(batches)]
+        start = time.perf_counter()
+        step(batch["image"], batch["input_ids"], batch["attention_mask"])
+        durations.append(time.perf_counter() - start)
+    return durations
+
+
+def plain_step(task: Any, cfg: Any, fused: bool) -> Any:
+    """What a hand-written PyTorch loop does per step, with mmpretrain's optimizer settings;
+    ``fused`` False is torch's default AdamW (one small kernel per tensor on CPU)."""
+    import torch
+
+    from mmpretrain.train.engine import parameter_groups
+    from mmpretrain.train.schedule import warmup_cosine
+
+    optim = cfg.optim
+    optimizer = torch.optim.AdamW(
+        parameter_groups(task, optim.weight_decay),
+        lr=optim.lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+        fused=fused or None,
+    )
+    schedule = functools.partial(
+        warmup_cosine,
+        warmup_steps=optim.warmup_steps,
+        max_steps=cfg.train.max_steps,
+        min_ratio=optim.min_lr_ratio,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    parameters = [p for p in task.parameters() if p.requires_grad]
+
+    def step(images: Any, input_ids: Any, attention_mask: Any) -> None:
+        loss = task(images, input_ids, attention_mask)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if optim.grad_clip:
+            torch.nn.utils.clip_grad_norm_(parameters, optim.grad_clip)
+        optimizer.step()
+        scheduler.step()
+
+    return step
+
+
+def deepspeed_step(task: Any, cfg: Any) -> Any:
+    """The same step through mmpretrain's DeepSpeed engine set-up, on a one-rank gloo group."""
+    import torch.distributed as dist
+
+    from mmpretrain.train.engine import build_engine
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    engine = build_engine(task, cfg)
+
+    def step(images: Any, input_ids: Any, attention_mask: Any) -> None:
+        losses = engine(images, input_ids, attention_mask)
+        engine.backward(losses["loss"])
+        engine.step()
+
+    return step
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def measure_in_process(row: str, overrides: list[str], shards: list[str], steps: int) -> dict:
+    """Rows (a) and (b), inside their own subprocess."""
+    import torch
+
+    from mmpretrain.config import load_config
+    from mmpretrain.data.tokenizer import load_tokenizer
+    from mmpretrain.train.builder import build_training_task
+
+    stage = {"plain": None, "plain_fused": None, "zero0": 0, "zero2": 2}[row]
+    cfg = load_config(overrides[0], [*overrides[1:], f"train.zero_stage={stage or 0}"])
+    torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
+    torch.manual_seed(cfg.train.seed)
+    task = build_training_task(cfg, load_tokenizer(cfg.data.tokenizer))
+    batches = load_batches(cfg, shards, count=8)
+    if stage is None:
+        step = plain_step(task, cfg, fused=row == "plain_fused")
+    else:
+        step = deepspeed_step(task, cfg)
+    return {"durations": time_steps(step, batches, steps)}
+
+
+def measure_mmpretrain(
+    overrides: list[str], data: Path, storage: Path, steps: int, log_every: int
+) -> dict:
+    """Row (c): ``python -m mmpretrain train``, timed from its own log rows."""
+    command = [
+        sys.executable, "-m", "mmpretrain", "train", "--config", overrides[0], *overrides[1:],
+        f"data.train={data}", "train.num_workers=1", f"train.max_steps={steps}",
+        f"train.log_every={log_every}", f"checkpoint.every={steps}",
+        f"train.storage_path={storage}", "train.run_name=overhead",
+    ]  # fmt: skip
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"mmpretrain train failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+    rows = [json.loads(line) for line in (storage / "overhead" / "metrics.jsonl").open()]
+    return {"rows": rows}
+
+
+def mmpretrain_timing(rows: list[dict], warmup: int) -> tuple[float, float]:
+    """Wall seconds per step between the first log row at or after ``warmup`` and the last, and
+    the data-wait share over those steps (rank 0's, from the same rows)."""
+    window = [row for row in rows if row["step"] >= warmup]
+    first, last = window[0], window[-1]
+    per_step = (last["time"] - first["time"]) / (last["step"] - first["step"])
+    step_s = wait_s = 0.0
+    for before, row in itertools.pairwise(window):
+        steps = row["step"] - before["step"]
+        step_s += row["step_seconds"] * steps
+        wait_s += row["step_seconds"] * row["data_wait_share"] * steps
+    return per_step, wait_s / step_s
+
+
+def make_data(folder: Path, samples: int, image_side: int) -> tuple[Path, Path]:
+    from mmpretrain.data.synth import write_synthetic_shards
+    from mmpretrain.data.tokenizer import train_tokenizer
+
+    shards = folder / "shards"
+    write_synthetic_shards(shards, samples, shard_size=64, image_side=image_side)
+    tokenizer = train_tokenizer(str(shards), folder / "tokenizer", vocab_size=400)
+    return shards, Path(tokenizer)
+
+
+def run_row(row: str, overrides: list[str], shards: list[str], steps: int) -> dict:
+    command = [
+        *(sys.executable, __file__, "--only", row, "--steps", str(steps)),
+        *("--overrides-json", json.dumps(overrides), "--shards-json", json.dumps(shards)),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"row {row} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measure(
+    preset: str,
+    steps: int,
+    warmup: int,
+    log_every: int,
+    cpus_per_worker: float,
+    extra: list[str],
+    folder: Path,
+) -> list[dict[str, Any]]:
+    """Every row, side by side in one run; returns [{row, step_s, ratio, data_wait}].
+
+    The shards hold one epoch of ``steps`` batches and a bit, so (c) never crosses an epoch.
+    """
+    from mmpretrain.config import load_config
+
+    batch = load_config(preset, extra).data.batch_size
+    shards_dir, tokenizer = make_data(folder, batch * steps + 64, image_side=96)
+    shards = sorted(str(p) for p in shards_dir.glob("*.tar"))
+    overrides = [preset, f"data.tokenizer={tokenizer}", f"train.cpus_per_worker={cpus_per_worker}"]
+    overrides += [f"train.max_steps={steps}", *extra]
+    results = []
+    for row in ROWS:
+        durations = run_row(row, overrides, shards, steps)["durations"][warmup:]
+        results.append({"row": row, "step_s": sum(durations) / len(durations), "data_wait": None})
+    rows = measure_mmpretrain(overrides, shards_dir, folder / "runs", steps, log_every)["rows"]
+    per_step, wait = mmpretrain_timing(rows, warmup)
+    results.append({"row": "mmpretrain", "step_s": per_step, "data_wait": wait})
+    plain = results[0]["step_s"]
+    for result in results:
+        result["ratio"] = result["step_s"] / plain
+    return results
+
+
+LABELS = {
+    "plain": "(a) plain PyTorch loop, torch AdamW",
+    "plain_fused": "    the same, AdamW(fused=True)",
+    "zero0": "(b) DeepSpeed ZeRO-0 alone",
+    "zero2": "(b) DeepSpeed ZeRO-2 alone",
+    "mmpretrain": "(c) mmpretrain train: Ray Train + ZeRO-2 + Ray Data",
+}
+
+
+def format_table(results: list[dict[str, Any]]) -> str:
+    lines = [f"{'loop':<52} {'s/step':>8} {'vs (a)':>7} {'data wait':>10}"]
+    for result in results:
+        wait = "" if result["data_wait"] is None else f"{100 * result['data_wait']:.1f}%"
+        lines.append(
+            f"{LABELS[result['row']]:<52} {result['step_s']:>8.3f} "
+            f"{result['ratio']:>6.3f}x {wait:>10}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--steps", type=int, default=60, help="steps per row, warm-up included")
+    parser.add_argument("--warmup", type=int, default=20, help="steps left out of the timing")
+    parser.add_argument("--log-every", type=int, default=10, help="(c)'s train.log_every")
+    parser.add_argument("--cpus-per-worker", type=float, default=1.0)
+    parser.add_argument("overrides", nargs="*", help="config overrides for every row")
+    parser.add_argument("--only", choices=ROWS, help=argparse.SUPPRESS)  # subprocess entry
+    parser.add_argument("--overrides-json", help=argparse.SUPPRESS)
+    parser.add_argument("--shards-json", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.only is not None:
+        result = measure_in_process(
+            args.only, json.loads(args.overrides_json), json.loads(args.shards_json), args.steps
+        )
+        print(json.dumps(result))
+        return
+    if args.warmup % args.log_every or args.steps - args.warmup < 2 * args.log_every:
+        parser.error("--warmup must be a multiple of --log-every and leave two log rows after it")
+    with tempfile.TemporaryDirectory(prefix="mmpretrain-overhead-") as tmp:
+        results = measure(
+            args.preset,
+            args.steps,
+            args.warmup,
+            args.log_every,
+            args.cpus_per_worker,
+            args.overrides,
+            Path(tmp),
+        )
+    print(
+        f"preset {args.preset}, 1 worker, {args.steps - args.warmup} timed steps after "
+        f"{args.warmup}, {os.cpu_count()} CPUs; {THREADS_NOTE}"
+    )
+    print(format_table(results))
+
+
+if __name__ == "__main__":
+    main()
