@@ -8,17 +8,26 @@ stage's own. Each rank runs one real training step on a small random batch (the 
 parameters, gradients and optimizer state do not depend on the batch or the image size, so
 ``--batch 2 --image-size 64`` keeps it cheap) and reads DeepSpeed's own tensors, not process RSS:
 
-- parameters, after the step. "full" is the full-size parameter storage the rank holds: the
-  module's parameters at stage 0; at stages 1-2 the flat buffer the module's parameters are
+- parameters, after the step. "params full" is the full-size parameter storage the rank holds:
+  the module's parameters at stage 0; at stages 1-2 the flat buffer the module's parameters are
   views of; at stage 3 the parameters ZeRO-3 keeps whole on every rank (those under
-  ``stage3_param_persistence_threshold``, 1e5 elements: biases, norms, small convolutions).
-  "shard" is the partitioned parameter storage: at stage 3 the ``ds_tensor`` slices (which are
-  also the fp32 master in fp32 training); at stages 1-2 the fp32 master partition
-  (``single_partition_of_fp32_groups``), a second copy DeepSpeed keeps besides the full one.
-- gradients, right after ``engine.backward`` and before ``engine.step``: the point where the
-  rank holds its gradients (the step frees them). Counted: the module's ``.grad`` /
-  ``.grad_accum``; at stages 1-2 ``averaged_gradients`` and ``grads_in_partition``; at stage 3
-  ``grad_partitions_flat_buffer``.
+  ``stage3_param_persistence_threshold``, 1e5 elements: biases, norms, small convolutions), on
+  top of their slices. "params shard" is the partitioned working copy: the ``ds_tensor``
+  slices at stage 3, none at stages 0-2.
+- "master": the fp32 master partition ZeRO's optimizer updates and copies back into the
+  working parameters (``single_partition_of_fp32_groups`` at stages 1-2,
+  ``fp32_partitioned_groups_flat`` at stage 3). In fp32 training it is a second copy of this
+  rank's slice (DeepSpeed 0.19 clones it even when the working copy is fp32 already); stage 0
+  has none. The ZeRO paper counts it with the optimizer state; it is shown apart here so that
+  the optimizer-state column is AdamW's moments alone.
+- gradients, right after ``engine.backward`` and before ``engine.step`` (the step frees them):
+  the module's ``.grad`` / ``.grad_accum``, at stages 1-2 ``averaged_gradients`` and
+  ``grads_in_partition``, at stage 3 ``grad_partitions_flat_buffer``. Stage 0 holds the full
+  all-reduced gradients there. Stages 1-2 reduce at the end of the backward pass (a gradient
+  accumulation boundary) and keep only this rank's partition, so stage 1 also reads about
+  G/N, below its theory of G (stage 1 does not promise to shard gradients): the full gradients
+  exist only during the backward pass, until that reduction. Stage 3 reduce-scatters each
+  gradient into its partition buffer as it is produced.
 - optimizer state, after the step: every tensor in the torch AdamW's ``state`` (``exp_avg``,
   ``exp_avg_sq``, ``step``), which at stages 1-3 is keyed by this rank's flat fp32 partition.
 - buffers: DeepSpeed's gradient-reduction staging buckets (``ipg_buckets``, sized by
@@ -28,9 +37,10 @@ parameters, gradients and optimizer state do not depend on the batch or the imag
 Tensors are counted by distinct storage (a view counts its whole storage once), so padding
 DeepSpeed adds for alignment is included, and two names for one storage count once.
 
-Theory per rank, from the model's full sizes (P = fp32 parameter bytes, G = P for the trainable
-parameters, O = 2G for AdamW's two moments): a part the stage shards is full/N (stage 1:
-optimizer state; stage 2: also gradients; stage 3: also parameters), any other part is full.
+Theory per rank, from the model's full sizes (P = fp32 parameter bytes, G = fp32 bytes of the
+trainable parameters, O = 2G for AdamW's two moments, M = G for the master copy from stage 1
+on): a part the stage shards is full/N (stage 1: optimizer state and master; stage 2: also
+gradients; stage 3: also parameters), any other part is full.
 The ratio measured/theory is printed for each sharded part, and "5%" says whether all of them
 are within 5% of theory. Peak RSS is the rank process's VmHWM (its high-water mark, start-up
 and the step included).
@@ -412,7 +422,7 @@ def format_table(rows: list[RankRow]) -> str:
     head = (
         "stage", "rank", "params full", "params shard", "master", "grads", "optim", "total",
         "th params", "th master", "th grads", "th optim", "th total",
-        *(f"{part}/th" for part in parts), "5%", "buffers", "peak RSS",
+        *(f"{part}/th" for part in parts), "5%", "buffers", "peak RSS", "s",
     )  # fmt: skip
     lines = [head]
     for row in rows:
@@ -423,13 +433,20 @@ def format_table(rows: list[RankRow]) -> str:
         cells = [str(row.stage), str(row.rank), *(f"{value / MB:.1f}" for value in sizes)]
         cells += [f"{ratios[part]:.3f}" if part in ratios else "-" for part in parts]
         cells.append(("yes" if row.within_tolerance() else "no") if ratios else "-")
-        cells += [f"{row.buffers / MB:.1f}", f"{row.peak_rss / MB:.0f}"]
+        cells += [f"{row.buffers / MB:.1f}", f"{row.peak_rss / MB:.0f}", f"{row.seconds:.0f}"]
         lines.append(tuple(cells))
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     return "\n".join(
         "  ".join(cell.rjust(width) for cell, width in zip(line, widths, strict=True))
         for line in lines
     )
+
+
+def _ram_gb() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) / 2**20
+    return float("nan")
 
 
 def main() -> None:
@@ -454,9 +471,11 @@ def main() -> None:
     rows = measure(args.preset, stages, args.world_size, args.image_size, args.batch)
     print(
         f"preset {args.preset}, {args.world_size} gloo ranks on CPU, fp32, AdamW, one step at "
-        f"batch {args.batch} x {args.image_size} px; {os.cpu_count()} CPUs, {platform.machine()}; "
-        f"MB = 2^20 bytes; th = theory (full/N for the parts the stage shards); "
-        f"{time.perf_counter() - started:.0f} s"
+        f"batch {args.batch} x {args.image_size} px; {os.cpu_count()} CPUs, "
+        f"{_ram_gb():.0f} GB RAM, {platform.machine()}; MB = 2^20 bytes; th = theory (full/N "
+        f"for the parts the stage shards); s = a rank's seconds from joining the group to the "
+        f"end of its step; "
+        f"{time.perf_counter() - started:.0f} s in all"
     )
     print(format_table(rows))
 
