@@ -43,7 +43,9 @@ on): a part the stage shards is full/N (stage 1: optimizer state and master; sta
 gradients; stage 3: also parameters), any other part is full.
 The ratio measured/theory is printed for each sharded part, and "5%" says whether all of them
 are within 5% of theory. Peak RSS is the rank process's VmHWM (its high-water mark, start-up
-and the step included).
+and the step included): training builds the whole model on every rank before DeepSpeed
+partitions it (no ``deepspeed.zero.Init``), and ZeRO-2/3 allocate their reduction buckets, so
+a higher stage does not lower peak RSS here even where it lowers what the rank holds.
 
     python benchmarks/zero_memory.py --preset tiny --stages 0,3
     python benchmarks/zero_memory.py --preset base --world-size 2 --stages 0,1,2,3
