@@ -166,6 +166,7 @@ class TrainMetrics:
         self._m = {spec.name: _Metric(spec, default, use_ray, registry) for spec in SPECS}
         self._skipped: dict[str, int] = {}
         self._tokens: torch.Tensor | int = 0
+        self._timing = {"step_s": 0.0, "data_wait_s": 0.0}  # since the last log row
         self._restart_clock()
 
     @classmethod
@@ -194,10 +195,22 @@ class TrainMetrics:
 
     def on_step(self) -> None:
         """At a gradient-accumulation boundary: one optimizer step's time and data wait."""
+        step_s = time.perf_counter() - self._step_start
         self._record("steps_total", 1)
-        self._record("step_seconds", time.perf_counter() - self._step_start)
+        self._record("step_seconds", step_s)
         self._record("data_wait_seconds_total", self._waited)
+        self._timing["step_s"] += step_s
+        self._timing["data_wait_s"] += self._waited
         self._restart_clock()
+
+    def take_timing(self) -> dict[str, float]:
+        """Step and data-wait seconds summed since the last call, for the log row.
+
+        The same clock as the step and data-wait metrics, but written to ``metrics.jsonl``, so
+        a run's data-wait share can still be read after its Ray (and its metrics) are gone.
+        """
+        timing, self._timing = self._timing, {"step_s": 0.0, "data_wait_s": 0.0}
+        return timing
 
     def _restart_clock(self) -> None:
         """Logging, checkpoints and evaluation between steps count as neither step nor wait."""

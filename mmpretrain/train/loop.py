@@ -206,6 +206,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 values["lr"] = engine.get_lr()[0]
                 values["epoch"] = state.epoch
                 values.update(counts, bad_fraction=quality.bad_fraction(counts))
+                values.update(metrics.take_timing())  # this rank's step and data-wait seconds
                 if progress is not None:
                     progress.log(state.step, state.samples_seen, values)
                 metrics.on_log(values, engine.get_global_grad_norm(), counts)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import time
 import urllib.request
 from pathlib import Path
 
@@ -115,6 +116,20 @@ def test_local_exposition_carries_every_metric_with_run_and_rank_labels() -> Non
     assert value["mmpretrain_process_resident_memory_bytes", ()] > 0
     local_names = {name for name, _ in samples if not name.endswith("_created")}
     assert local_names <= exported_names(prefix="")
+
+
+def test_log_rows_get_the_step_and_data_wait_seconds_since_the_last_row() -> None:
+    metrics = TrainMetrics("unit", 0, use_ray=False)
+    for wait in (0.02, 0.03):
+        time.sleep(wait)  # the loader is slow
+        metrics.batch_arrived()
+        time.sleep(0.01)  # forward, backward, step
+        metrics.on_batch(4, torch.ones(4, 8, dtype=torch.long))
+        metrics.on_step()
+    timing = metrics.take_timing()
+    assert 0.05 <= timing["data_wait_s"] < timing["step_s"]
+    assert timing["step_s"] >= 0.07
+    assert metrics.take_timing() == {"step_s": 0.0, "data_wait_s": 0.0}  # a fresh window
 
 
 def test_a_taken_port_is_skipped_with_a_warning(capsys) -> None:
