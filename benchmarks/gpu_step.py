@@ -602,7 +602,8 @@ def header_line(machine: Machine, preset: str, precision: str) -> str:
     dtype = "bf16" if machine.device == "cuda" else "fp32"
     return (
         f"device {machine.device} ({machine.name}), torch {torch.__version__}, preset {preset}, "
-        f"precision {precision}, {machine.cores} CPU cores; peak TFLOP/s: spec dense bf16 {spec}, "
+        f"precision {precision}, {machine.cores} CPU cores ({torch.get_num_threads()} torch "
+        f"threads); peak TFLOP/s: spec dense bf16 {spec}, "
         f"measured {machine.measured_tflops:.3g} ({dtype} matmul)"
     )
 
@@ -611,6 +612,8 @@ def run_benchmark(args: argparse.Namespace) -> tuple[Machine, list[Row]]:
     """Every section, as ``main`` prints them; the rows are what the smoke test checks."""
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device == "cuda"
+    if args.threads:
+        torch.set_num_threads(args.threads)
     batches = [int(b) for b in (args.batches or ("32,64,128,256" if gpu else "4,8")).split(",")]
     matmul_size = args.matmul_size or (8192 if gpu else 1024)
     machine = describe_machine(device, matmul_size, 50 if gpu else 5)
@@ -698,6 +701,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=None, help="timed steps (10 GPU, 2 CPU)")
     parser.add_argument("--skip-compile", action="store_true")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
     parser.add_argument("--matmul-size", type=int, default=None, help="8192 GPU, 1024 CPU")
     parser.add_argument(
         "--run-steps",

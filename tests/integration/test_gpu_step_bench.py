@@ -10,13 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 pytestmark = pytest.mark.integration
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 ARGS = [
     "--device", "cpu", "--preset", "tiny", "--batches", "2,4", "--switch-batch", "2",
-    "--skip-compile", "--warmup", "1", "--iters", "1", "--matmul-size", "256",
+    "--skip-compile", "--warmup", "1", "--iters", "1", "--matmul-size", "512",
+    "--threads", "1",  # two threads spin against each other on a busy 2-core machine
     "--run-steps", "6", "--run-log-every", "2", "--run-batch", "8", "--image-side", "96",
 ]  # fmt: skip
 
@@ -29,12 +31,14 @@ def _printed(table: str, name: str) -> list[str]:
 
 def test_every_section_prints_and_its_numbers_agree(capsys) -> None:
     sys.path.insert(0, str(BENCHMARKS))
+    threads = torch.get_num_threads()
     try:
         import gpu_step
 
         rows = gpu_step.main(ARGS)
     finally:
         sys.path.remove(str(BENCHMARKS))
+        torch.set_num_threads(threads)  # --threads set it for this whole process
     table = capsys.readouterr().out
     header = table.splitlines()[0]
     for part in ("device cpu", "torch ", "preset tiny", "precision fp32", "measured"):
