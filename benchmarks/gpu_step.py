@@ -602,8 +602,8 @@ def header_line(machine: Machine, preset: str, precision: str) -> str:
     dtype = "bf16" if machine.device == "cuda" else "fp32"
     return (
         f"device {machine.device} ({machine.name}), torch {torch.__version__}, preset {preset}, "
-        f"precision {precision}, {machine.cores} CPU cores ({torch.get_num_threads()} torch "
-        f"threads); peak TFLOP/s: spec dense bf16 {spec}, "
+        f"precision {precision}, {machine.cores} CPU cores (torch threads: "
+        f"{torch.get_num_threads()}); peak TFLOP/s: spec dense bf16 {spec}, "
         f"measured {machine.measured_tflops:.3g} ({dtype} matmul)"
     )
 
