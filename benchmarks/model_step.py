@@ -19,7 +19,6 @@ import json
 import resource
 import subprocess
 import sys
-import time
 
 VARIANTS: dict[str, list[str]] = {
     "cross_attention": ["model.fusion.type=cross_attention"],
@@ -35,53 +34,35 @@ VARIANTS: dict[str, list[str]] = {
     ],
     "gated + momentum distill": ["model.fusion.type=gated", "objectives.distill=true"],
 }
-VOCAB = 30522  # BERT-base's vocabulary, so text heads cost what they would on real data
 
 
 def measure(preset: str, overrides: list[str], batch: int, iters: int, device: str) -> dict:
     """Runs inside the subprocess: builds the task, times ``iters`` steps after one warm-up."""
     import torch
+    from _common import (
+        build_task,
+        random_pairs,
+        seconds_per_step,
+        temporary_tokenizer,
+        training_step,
+    )
 
     from mmpretrain.config import load_config
-    from mmpretrain.model import TokenIds, build_task
+    from mmpretrain.train.engine import build_optimizer
 
     cfg = load_config(preset, overrides)
-    torch.manual_seed(0)
-    task = build_task(
-        cfg.model, cfg.objectives, TokenIds(VOCAB, 0, 101, 102, 103), cfg.data.max_text_len
-    ).to(device)
-    task.encoder.set_speed_options(
-        channels_last=cfg.train.channels_last,
-        activation_checkpointing=cfg.train.activation_checkpointing,
+    tokenizer = temporary_tokenizer()
+    task = build_task(cfg, tokenizer, device)
+    images, ids, mask = random_pairs(cfg, tokenizer, batch, device)
+    optimizer = build_optimizer(task, cfg)
+    step = training_step(
+        task, lambda: task(images, ids, mask)["loss"], optimizer, device, bf16=device == "cuda"
     )
-    size, length = cfg.data.image_size, cfg.data.max_text_len
-    images = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8, device=device)
-    ids = torch.randint(1000, VOCAB, (batch, length), device=device)
-    ids[:, 0] = 101
-    mask = torch.ones_like(ids)
-    optimizer = torch.optim.AdamW([p for p in task.parameters() if p.requires_grad], lr=1e-4)
-    bf16 = device == "cuda"
-
-    def step() -> None:
-        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
-            loss = task(images, ids, mask)["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    step()  # warm-up: allocator, kernels, optimizer state
+    seconds = seconds_per_step(step, device, warmup=1, iters=iters)
     if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(iters):
-        step()
-    if device == "cuda":
-        torch.cuda.synchronize()
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    seconds = (time.perf_counter() - start) / iters
     return {"step_s": seconds, "samples_per_s": batch / seconds, "peak_mb": peak_mb}
 
 

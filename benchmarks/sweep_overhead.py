@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,7 @@ import time
 from pathlib import Path
 
 import yaml
+from _common import cli_env
 
 OVERRIDES = [
     "optim.warmup_steps=4",
@@ -38,16 +38,10 @@ OVERRIDES = [
 ]
 
 
-def _env() -> dict[str, str]:
-    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
-    env.pop("RAY_ADDRESS", None)
-    return env
-
-
 def _run(command: list[str], cwd: Path) -> tuple[float, float]:
     """Runs ``command``; returns its start and end wall-clock times."""
     started = time.time()
-    done = subprocess.run(command, cwd=cwd, env=_env(), capture_output=True, text=True)
+    done = subprocess.run(command, cwd=cwd, env=cli_env(), capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
     return started, time.time()

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import itertools
 import json
 import os
 import subprocess
@@ -192,11 +191,8 @@ def mmpretrain_timing(rows: list[dict], warmup: int) -> tuple[float, float]:
     window = [row for row in rows if row["step"] >= warmup]
     first, last = window[0], window[-1]
     per_step = (last["time"] - first["time"]) / (last["step"] - first["step"])
-    step_s = wait_s = 0.0
-    for before, row in itertools.pairwise(window):
-        steps = row["step"] - before["step"]
-        step_s += row["step_seconds"] * steps
-        wait_s += row["step_seconds"] * row["data_wait_share"] * steps
+    step_s = sum(row["step_s"] for row in window[1:])
+    wait_s = sum(row["data_wait_s"] for row in window[1:])
     return per_step, wait_s / step_s
 
 

@@ -460,6 +460,11 @@ class OptimConfig:
     warmup_steps: int = doc("Linear warmup steps before the cosine decay.", default=100)
     min_lr_ratio: float = doc("Cosine floor as a fraction of optim.lr.", default=0.1)
     grad_clip: float = doc("Clip the global gradient norm to this; 0 disables.", default=1.0)
+    fused: bool = doc(
+        "torch's fused AdamW kernel: one kernel for all parameters instead of a loop; GPU, "
+        "and CPU on torch >= 2.4.",
+        default=False,
+    )
 
     def __post_init__(self) -> None:
         _require(self.lr > 0, "optim.lr", "must be > 0")

@@ -166,7 +166,7 @@ class TrainMetrics:
         self._m = {spec.name: _Metric(spec, default, use_ray, registry) for spec in SPECS}
         self._skipped: dict[str, int] = {}
         self._tokens: torch.Tensor | int = 0
-        self._reset_window()
+        self._timing = {"step_s": 0.0, "data_wait_s": 0.0}  # since the last log row
         self._restart_clock()
 
     @classmethod
@@ -195,26 +195,22 @@ class TrainMetrics:
 
     def on_step(self) -> None:
         """At a gradient-accumulation boundary: one optimizer step's time and data wait."""
-        seconds = time.perf_counter() - self._step_start
+        step_s = time.perf_counter() - self._step_start
         self._record("steps_total", 1)
-        self._record("step_seconds", seconds)
+        self._record("step_seconds", step_s)
         self._record("data_wait_seconds_total", self._waited)
-        self._window_steps += 1
-        self._window_seconds += seconds
-        self._window_wait += self._waited
+        self._timing["step_s"] += step_s
+        self._timing["data_wait_s"] += self._waited
         self._restart_clock()
 
-    def take_step_timing(self) -> dict[str, float]:
-        """This rank's mean step time and data-wait share since the last call, for the log row:
-        ``metrics.jsonl`` then tells whether the data kept up without a Prometheus server."""
-        steps, seconds, waited = self._window_steps, self._window_seconds, self._window_wait
-        self._reset_window()
-        if not steps:
-            return {}
-        return {"step_seconds": seconds / steps, "data_wait_share": waited / seconds}
+    def take_timing(self) -> dict[str, float]:
+        """Step and data-wait seconds summed since the last call, for the log row.
 
-    def _reset_window(self) -> None:
-        self._window_steps, self._window_seconds, self._window_wait = 0, 0.0, 0.0
+        The same clock as the step and data-wait metrics, but written to ``metrics.jsonl``, so
+        a run's data-wait share can still be read after its Ray (and its metrics) are gone.
+        """
+        timing, self._timing = self._timing, {"step_s": 0.0, "data_wait_s": 0.0}
+        return timing
 
     def _restart_clock(self) -> None:
         """Logging, checkpoints and evaluation between steps count as neither step nor wait."""

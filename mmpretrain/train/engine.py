@@ -59,6 +59,22 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
     ]
 
 
+def build_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.AdamW:
+    """AdamW over the decay / no-decay groups (what the engine and the GPU benchmark step).
+
+    ``optim.fused`` false passes ``fused=None``, not False: an explicit False would also turn
+    off torch's default multi-tensor (foreach) path on GPU.
+    """
+    optim = cfg.optim
+    return torch.optim.AdamW(
+        parameter_groups(model, optim.weight_decay),
+        lr=optim.lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+        fused=True if optim.fused else None,
+    )
+
+
 def build_engine(
     model: nn.Module, cfg: RunConfig, load_universal: bool = False
 ):  # -> deepspeed.DeepSpeedEngine
@@ -67,9 +83,7 @@ def build_engine(
     import deepspeed
 
     optim = cfg.optim
-    optimizer = torch.optim.AdamW(
-        parameter_groups(model, optim.weight_decay), lr=optim.lr, betas=(0.9, 0.98), eps=1e-6
-    )
+    optimizer = build_optimizer(model, cfg)
     schedule = functools.partial(
         warmup_cosine,
         warmup_steps=optim.warmup_steps,

@@ -205,8 +205,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 values = _mean_across_ranks(losses)  # collective: every rank joins
                 values["lr"] = engine.get_lr()[0]
                 values["epoch"] = state.epoch
-                values.update(metrics.take_step_timing())  # rank 0's: did the data keep up?
                 values.update(counts, bad_fraction=quality.bad_fraction(counts))
+                values.update(metrics.take_timing())  # this rank's step and data-wait seconds
                 if progress is not None:
                     progress.log(state.step, state.samples_seen, values)
                 metrics.on_log(values, engine.get_global_grad_norm(), counts)

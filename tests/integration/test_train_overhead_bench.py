@@ -25,14 +25,14 @@ def load_script():
 def test_timing_from_log_rows_counts_each_window_by_its_steps() -> None:
     bench = load_script()
     rows = [
-        {"step": 2, "time": 100.0, "step_seconds": 9.0, "data_wait_share": 0.9},  # warm-up
-        {"step": 4, "time": 101.0, "step_seconds": 0.5, "data_wait_share": 0.0},
-        {"step": 6, "time": 102.0, "step_seconds": 0.5, "data_wait_share": 0.2},
-        {"step": 10, "time": 104.0, "step_seconds": 0.5, "data_wait_share": 0.05},
+        {"step": 2, "time": 100.0, "step_s": 18.0, "data_wait_s": 16.0},  # warm-up
+        {"step": 4, "time": 101.0, "step_s": 1.0, "data_wait_s": 0.0},
+        {"step": 6, "time": 102.0, "step_s": 1.0, "data_wait_s": 0.2},
+        {"step": 10, "time": 104.0, "step_s": 2.0, "data_wait_s": 0.1},
     ]
     per_step, wait = bench.mmpretrain_timing(rows, warmup=4)
     assert per_step == pytest.approx(3.0 / 6)
-    assert wait == pytest.approx((2 * 0.2 + 4 * 0.05) / 6)
+    assert wait == pytest.approx(0.3 / 3.0)  # the rows after the window's first
 
 
 def test_every_row_runs_and_the_ratios_are_against_the_plain_loop(tmp_path: Path) -> None:
