@@ -461,9 +461,9 @@ class OptimConfig:
     min_lr_ratio: float = doc("Cosine floor as a fraction of optim.lr.", default=0.1)
     grad_clip: float = doc("Clip the global gradient norm to this; 0 disables.", default=1.0)
     fused: bool = doc(
-        "torch's fused AdamW kernel: one kernel for all parameters instead of a loop; GPU, "
-        "and CPU on torch >= 2.4.",
-        default=False,
+        "torch's fused AdamW kernel: one pass over all parameters instead of one small kernel "
+        "per tensor and operation (GPU, and CPU on torch >= 2.4); false = torch's default.",
+        default=True,
     )
 
     def __post_init__(self) -> None:

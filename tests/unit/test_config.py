@@ -140,8 +140,8 @@ def test_local_paths_become_absolute_and_uris_stay(tmp_path: Path, monkeypatch) 
     assert cfg.train.storage_path == f"{tmp_path}/runs"
 
 
-def test_optim_fused_is_an_off_by_default_boolean() -> None:
-    assert load_config("base").optim.fused is False
-    assert load_config("tiny", ["optim.fused=true"]).optim.fused is True
+def test_optim_fused_is_an_on_by_default_boolean() -> None:
+    assert load_config("base").optim.fused is True
+    assert load_config("tiny", ["optim.fused=false"]).optim.fused is False
     with pytest.raises(ConfigError, match=r"optim\.fused: expected true or false"):
         load_config("tiny", ["optim.fused=fast"])

@@ -49,8 +49,8 @@ dist.destroy_process_group()
 
 
 def test_optim_fused_reaches_the_engines_adamw_and_steps_under_zero() -> None:
-    """One interpreter, two ZeRO-2 engines (the presets' stage): fused, and the default."""
-    cases = [["optim.fused=true", "train.zero_stage=2"], ["train.zero_stage=2"]]
+    """One interpreter, two ZeRO-2 engines (the presets' stage): fused (the default), and off."""
+    cases = [["train.zero_stage=2"], ["optim.fused=false", "train.zero_stage=2"]]
     done = subprocess.run(
         [sys.executable, "-c", PROBE, json.dumps(cases)],
         capture_output=True,
