@@ -71,7 +71,7 @@ from mmpretrain.config import RunConfig, load_config
 from mmpretrain.data.synth import write_synthetic_shards
 from mmpretrain.data.tokenizer import CaptionTokenizer
 from mmpretrain.model.fused import MLMHead
-from mmpretrain.model.objectives import itc_loss, mask_tokens, mlm_loss
+from mmpretrain.model.objectives import itc_loss, mlm_loss
 from mmpretrain.train.engine import build_optimizer
 
 # Dense (no sparsity) bf16 tensor-core peaks from the vendor's data sheets, in TFLOP/s, keyed on
@@ -248,15 +248,7 @@ class TextTower(nn.Module):
         self.probability = probability
 
     def forward(self, input_ids_BL: torch.Tensor, attention_mask_BL: torch.Tensor) -> torch.Tensor:
-        tokens = self.tokens
-        masked_BL, labels_BL = mask_tokens(
-            input_ids_BL,
-            attention_mask_BL,
-            vocab_size=tokens.vocab_size,
-            mask_id=tokens.mask_id,
-            special_ids=(tokens.pad_id, tokens.cls_id, tokens.sep_id),
-            probability=self.probability,
-        )
+        masked_BL, labels_BL = self.tokens.mask(input_ids_BL, attention_mask_BL, self.probability)
         return mlm_loss(self.head(self.text(masked_BL, attention_mask_BL)), labels_BL)
 
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from mmpretrain.config import ModelConfig
 from mmpretrain.model.fusion import FusionModule, build_fusion
+from mmpretrain.model.objectives import mask_tokens
 from mmpretrain.model.text import TextEncoder
 from mmpretrain.model.vision import VisionEncoder
 
@@ -29,6 +30,20 @@ class TokenIds:
     cls_id: int
     sep_id: int
     mask_id: int
+
+    def mask(
+        self, input_ids_BL: torch.Tensor, attention_mask_BL: torch.Tensor, probability: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """BERT masking of a caption batch with this vocabulary's ids (objectives.mask_tokens):
+        (masked ids, labels)."""
+        return mask_tokens(
+            input_ids_BL,
+            attention_mask_BL,
+            vocab_size=self.vocab_size,
+            mask_id=self.mask_id,
+            special_ids=(self.pad_id, self.cls_id, self.sep_id),
+            probability=probability,
+        )
 
 
 class Temperature(nn.Module):

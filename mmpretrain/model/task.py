@@ -25,7 +25,6 @@ from mmpretrain.model.objectives import (
     image_fingerprint,
     itc_loss,
     itm_loss,
-    mask_tokens,
     mlm_loss,
     sample_hard_negatives,
 )
@@ -154,14 +153,7 @@ class PretrainingTask(nn.Module):
         """Image-conditioned MLM (through fusion) and text-only MLM share one masked encoding."""
         weights, tokens = self.objectives, self.encoder.tokens
         input_ids_BL, attention_mask_BL = pairs.input_ids_BL, pairs.attention_mask_BL
-        masked_BL, labels_BL = mask_tokens(
-            input_ids_BL,
-            attention_mask_BL,
-            vocab_size=tokens.vocab_size,
-            mask_id=tokens.mask_id,
-            special_ids=(tokens.pad_id, tokens.cls_id, tokens.sep_id),
-            probability=weights.mlm_probability,
-        )
+        masked_BL, labels_BL = tokens.mask(input_ids_BL, attention_mask_BL, weights.mlm_probability)
         masked_text_BLD = self.encoder.text(masked_BL, attention_mask_BL)
         out: dict[str, torch.Tensor] = {}
         if weights.mlm > 0:

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 
 from mmpretrain import distributed
 from mmpretrain.config import RunConfig
@@ -75,6 +76,18 @@ def build_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.AdamW:
     )
 
 
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig) -> LambdaLR:
+    """Linear warmup to ``optim.lr``, then cosine down to ``optim.min_lr_ratio`` of it."""
+    optim = cfg.optim
+    schedule = functools.partial(
+        warmup_cosine,
+        warmup_steps=optim.warmup_steps,
+        max_steps=cfg.train.max_steps,
+        min_ratio=optim.min_lr_ratio,
+    )
+    return LambdaLR(optimizer, schedule)
+
+
 def build_engine(
     model: nn.Module, cfg: RunConfig, load_universal: bool = False
 ):  # -> deepspeed.DeepSpeedEngine
@@ -82,15 +95,8 @@ def build_engine(
     which keeps ZeRO-3's parameter hooks working under ``torch.compile``."""
     import deepspeed
 
-    optim = cfg.optim
     optimizer = build_optimizer(model, cfg)
-    schedule = functools.partial(
-        warmup_cosine,
-        warmup_steps=optim.warmup_steps,
-        max_steps=cfg.train.max_steps,
-        min_ratio=optim.min_lr_ratio,
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = build_scheduler(optimizer, cfg)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
