@@ -97,15 +97,16 @@ def decode_image(payload: bytes, cfg: DataConfig, crop_seed: int | None = None) 
             turned = orientation in TRANSPOSED_ORIENTATIONS  # width and height swap
             upright = (height, width) if turned else (width, height)
             box = _crop_fractions(upright, cfg, crop_seed)
-            # The whole (upright) image's size at which the box is `size` on both sides.
-            need = (
-                math.ceil(size / (box[2] - box[0]) - 1e-6),
-                math.ceil(size / (box[3] - box[1]) - 1e-6),
-            )
-            image.draft("RGB", (need[1], need[0]) if turned else need)
+            # The largest JPEG reduction that leaves the box >= size on both sides; asking
+            # draft for exactly the reduced size makes Pillow pick that very reduction.
+            box_side = min((box[2] - box[0]) * upright[0], (box[3] - box[1]) * upright[1])
+            reduce = next((r for r in DRAFT_REDUCTIONS if box_side + 1e-6 >= r * size), 1)
+            image.draft("RGB", (width // reduce, height // reduce))
             image.load()  # decode now, inside the try: truncated data fails here
             if orientation == 1 and "exif" in image.info:  # PNG's eXIf comes after the pixels
                 orientation = _orientation(image)
+                if orientation in TRANSPOSED_ORIENTATIONS:  # no draft for PNG: only the box
+                    box = _crop_fractions((height, width), cfg, crop_seed)
             if orientation != 1:
                 image = ImageOps.exif_transpose(image)
             if image.mode != "RGB":
@@ -116,11 +117,14 @@ def decode_image(payload: bytes, cfg: DataConfig, crop_seed: int | None = None) 
         raise UnusableSampleError(SkipReason.IMAGE_TOO_LARGE, str(exc)) from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise UnusableSampleError(SkipReason.CORRUPT_IMAGE, str(exc)) from exc
+    if crop_seed is None or cfg.crop == "center":
+        return centre_square(image, size)  # from the decoded size: no rounding of fractions
     return resize_box(image, box, size)
 
 
 TRANSPOSED_ORIENTATIONS = frozenset((5, 6, 7, 8))  # EXIF orientations that turn by 90 degrees
 CROP_RATIO = (3 / 4, 4 / 3)  # torchvision's RandomResizedCrop aspect range
+DRAFT_REDUCTIONS = (8, 4, 2)  # the scales libjpeg decodes at, besides 1
 CROP_TRIES = 10  # torchvision's: then it falls back to a centre crop
 
 
@@ -208,12 +212,13 @@ def resize_box(image: Image.Image, box: tuple[float, float, float, float], size:
 
 
 def centre_square(image: Image.Image, size: int) -> np.ndarray:
-    """RGB image -> ``size`` x ``size`` uint8 centre crop, as training and inference see it."""
-    width, height = image.size
-    box = centre_square_box(width, height)
-    return resize_box(
-        image, (box[0] / width, box[1] / height, box[2] / width, box[3] / height), size
-    )
+    """RGB image -> ``size`` x ``size`` uint8 centre crop, as training and inference see it.
+
+    Centre square first, then one resize of just that box: the same picture as "resize the
+    shorter side, then centre crop", without resampling pixels that the crop throws away.
+    """
+    box = centre_square_box(*image.size)
+    return np.asarray(image.resize((size, size), Image.Resampling.BICUBIC, box=box), np.uint8)
 
 
 def _text(payload: Any) -> str:
