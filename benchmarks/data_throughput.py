@@ -203,7 +203,6 @@ def measure(
     """(ceiling samples/s per core, one row per loader and CPU count)."""
     import ray
 
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # one table, not Ray's progress
     ceiling_pass(paths, size)  # warm the page cache and the imports
     count, seconds = min((ceiling_pass(paths, size) for _ in range(2)), key=lambda t: t[1])
     per_core = count / seconds
@@ -219,6 +218,7 @@ def measure(
         )
     for n in cpus:
         ray.init(num_cpus=n, include_dashboard=False, log_to_driver=False)
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # one table, not Ray's log
         try:
             for crop in CROPS:
                 timings = run_mmpretrain(paths, tokenizer, size, batch, crop, epochs)
