@@ -47,6 +47,7 @@ def _choice(value: Any, key: str, allowed: typing.Iterable[Any]) -> None:
 
 
 CAPTION_SOURCES = ("txt", "json", "cls")
+CROPS = ("center", "random_resized")
 MIN_VOCAB = 100  # special tokens plus an alphabet; WordPiece needs room for word pieces
 
 
@@ -84,6 +85,19 @@ class DataConfig:
         default=100_000,
     )
     image_size: int = doc("Side of the square crop fed to the vision encoder, pixels.", default=64)
+    crop: str = doc(
+        "How a training image becomes the square: center (shorter side, centre square) or "
+        "random_resized (a random box of data.crop_scale of the area, aspect 3/4-4/3, "
+        "reseeded per sample and epoch); evaluation always uses center.",
+        default="center",
+    )
+    # OpenCLIP's train transform default (open_clip.transform.AugmentationCfg.scale): a crop
+    # keeps most of the picture, so the caption still describes it; torchvision's (0.08, 1)
+    # is for labels of one object, and ALBEF's (0.5, 1) drops objects its captions name.
+    crop_scale: list[float] = doc(
+        "[low, high] share of the image area a random_resized crop covers (OpenCLIP's).",
+        default_factory=lambda: [0.9, 1.0],
+    )
     max_text_len: int = doc("Tokens per caption after truncation and padding.", default=32)
     batch_size: int = doc(
         "Samples per worker per step (global batch = this x workers).", default=32
@@ -139,6 +153,15 @@ class DataConfig:
         _require(self.min_image_side >= 1, "data.min_image_side", "must be >= 1")
         _require(self.max_image_pixels >= 1, "data.max_image_pixels", "must be >= 1")
         _require(0.0 <= self.max_bad_fraction <= 1.0, "data.max_bad_fraction", "must be in [0, 1]")
+        _choice(self.crop, "data.crop", CROPS)
+        _require(
+            isinstance(self.crop_scale, list | tuple)
+            and len(self.crop_scale) == 2
+            and all(isinstance(v, int | float) for v in self.crop_scale)
+            and 0.0 < self.crop_scale[0] <= self.crop_scale[1] <= 1.0,
+            "data.crop_scale",
+            f"must be [low, high] with 0 < low <= high <= 1, got {self.crop_scale!r}",
+        )
         _require(self.image_size >= 32, "data.image_size", f"must be >= 32, got {self.image_size}")
         _require(
             self.max_text_len >= 8, "data.max_text_len", f"must be >= 8, got {self.max_text_len}"

@@ -23,13 +23,15 @@ class ResumeFilter:
     def __init__(self) -> None:
         self._finished: frozenset[str] = frozenset()
         self._consumed: dict[str, frozenset[str]] = {}
+        self._epoch = 0
 
-    def set(self, finished: list[str], consumed: dict[str, list[str]]) -> None:
+    def set(self, finished: list[str], consumed: dict[str, list[str]], epoch: int = 0) -> None:
         self._finished = frozenset(finished)
         self._consumed = {url: frozenset(keys) for url, keys in consumed.items()}
+        self._epoch = epoch
 
-    def for_shard(self, url: str) -> tuple[bool, frozenset[str]]:
-        return url in self._finished, self._consumed.get(url, frozenset())
+    def for_shard(self, url: str) -> tuple[bool, frozenset[str], int]:
+        return url in self._finished, self._consumed.get(url, frozenset()), self._epoch
 
 
 def filter_name(run_name: str) -> str:
@@ -41,15 +43,22 @@ def create_filter(name: str) -> ray.actor.ActorHandle:
     return create_on_driver_node(ResumeFilter, name)
 
 
-def publish(name: str, finished: Iterable[str], consumed: Mapping[str, Iterable[str]]) -> None:
-    """Sets the skip list of the next pass; returns once the actor holds it."""
+def publish(
+    name: str, finished: Iterable[str], consumed: Mapping[str, Iterable[str]], epoch: int = 0
+) -> None:
+    """Sets the skip list and the epoch of the next pass; returns once the actor holds them.
+
+    The epoch reseeds the random crops (``transforms.crop_seed_for``): carried here, beside
+    the skip list, because it is the same kind of fact (what this pass is), read by the same
+    read tasks, and a resumed run publishes its checkpoint's epoch, so it draws the same crops.
+    """
     ray.get(
         lookup(name).set.remote(
-            sorted(finished), {url: sorted(keys) for url, keys in consumed.items()}
+            sorted(finished), {url: sorted(keys) for url, keys in consumed.items()}, epoch
         )
     )
 
 
-def skips_for(name: str, url: str) -> tuple[bool, frozenset[str]]:
-    """(is the shard finished, keys of it already consumed) for this pass."""
+def skips_for(name: str, url: str) -> tuple[bool, frozenset[str], int]:
+    """(is the shard finished, keys of it already consumed, the pass's epoch) for this pass."""
     return ray.get(lookup(name).for_shard.remote(url))

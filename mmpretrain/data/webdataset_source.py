@@ -5,7 +5,7 @@ Web-scale corpora always hold a few; here the samples before the damage are kept
 damage becomes one marker row that the preprocessing step counts as ``truncated_tar``. Members
 arrive as raw bytes, as with ``read_webdataset(decoder=None)``. With a resume filter named, a
 shard the resumed epoch finished is not read, and keys it consumed are left out (see
-``resume_filter.py``).
+``resume_filter.py``); every row carries the pass's epoch, which seeds the random crops.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from ray.data.datasource import FileBasedDatasource
 
 from mmpretrain.data import resume_filter
 from mmpretrain.data.shards import iter_tar_samples
+from mmpretrain.data.transforms import EPOCH_COLUMN
 
 DAMAGE_COLUMN = "__damage__"
 ROWS_PER_BLOCK = 64  # also the preprocessing batch: the read and map tasks are fused
@@ -43,8 +44,9 @@ class ResilientWebDatasetSource(FileBasedDatasource):
 
     def _read_stream(self, stream: Any, path: str) -> Iterator[pd.DataFrame]:
         consumed: frozenset[str] = frozenset()
+        epoch = 0  # without a run's filter (evaluation, tools) every pass is the first
         if self._resume_filter_name:
-            finished, consumed = resume_filter.skips_for(self._resume_filter_name, path)
+            finished, consumed, epoch = resume_filter.skips_for(self._resume_filter_name, path)
             if finished:
                 return
         rows: list[dict[str, Any]] = []
@@ -52,7 +54,7 @@ class ResilientWebDatasetSource(FileBasedDatasource):
             for key, members in iter_tar_samples(stream):
                 if key in consumed:
                     continue
-                row: dict[str, Any] = {"__key__": key, "__url__": path}
+                row: dict[str, Any] = {"__key__": key, "__url__": path, EPOCH_COLUMN: epoch}
                 row.update(
                     (ext, payload)
                     for ext, payload in members.items()
@@ -64,7 +66,12 @@ class ResilientWebDatasetSource(FileBasedDatasource):
                     rows = []
         except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
             rows.append(
-                {"__key__": f"{Path(path).name}#damaged", "__url__": path, DAMAGE_COLUMN: str(exc)}
+                {
+                    "__key__": f"{Path(path).name}#damaged",
+                    "__url__": path,
+                    EPOCH_COLUMN: epoch,
+                    DAMAGE_COLUMN: str(exc),
+                }
             )
         if rows:
             yield pd.DataFrame(rows)

@@ -230,6 +230,7 @@ def run_training(cfg: RunConfig, callbacks: Sequence[UserCallback] = ()) -> Trai
             shuffle_seed=cfg.train.seed,
             counter=train_counter,
             resume_filter_name=skip_list,
+            crop_seed=cfg.train.seed,  # the training split alone gets data.crop
         )
     }
     if val_shards:

@@ -87,11 +87,12 @@ def _shared_quality_counts(counter: str | None, rank: int) -> dict[str, int]:
     )
 
 
-def _start_pass(filter_name: str | None, position: DataPosition, rank: int) -> None:
+def _start_pass(filter_name: str | None, position: DataPosition, rank: int, epoch: int) -> None:
     """Tells the read tasks what this pass over the shards leaves out, before any rank reads
-    (collective): nothing for a fresh epoch, what was consumed for a resumed one."""
+    (collective): nothing for a fresh epoch, what was consumed for a resumed one; and the
+    epoch, which reseeds data.crop=random_resized."""
     if filter_name and rank == 0:
-        resume_filter.publish(filter_name, position.finished, position.consumed)
+        resume_filter.publish(filter_name, position.finished, position.consumed, epoch)
     distributed.barrier()
 
 
@@ -162,7 +163,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     stop = StopWatch(settings.stop_flag)
     stopping = False
     while state.step < last_step and not stopping:
-        _start_pass(settings.resume_filter, state.position, rank)
+        _start_pass(settings.resume_filter, state.position, rank, state.epoch)
         batches_this_epoch = 0
         for batch in train_split.iter_torch_batches(
             batch_size=cfg.data.batch_size,

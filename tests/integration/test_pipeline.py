@@ -108,3 +108,33 @@ def test_ray_batches_are_read_only_and_collate_shares_them_silently(local_ray, s
     assert collate.read_only and all(collate.read_only)
     assert all(collate.shared)
     assert not [w for w in caught if NOT_WRITABLE_WARNING in str(w.message)]
+
+
+def test_random_resized_crop_is_for_the_training_split_only_and_reproducible(
+    local_ray, synth_data
+) -> None:
+    overrides = [f"data.tokenizer={synth_data['tokenizer']}", "data.image_size=32"]
+    centre = load_config("tiny", overrides).data
+    random_crop = load_config(
+        "tiny", [*overrides, "data.crop=random_resized", "data.crop_scale=[0.2,0.5]"]
+    ).data
+    shards = str(synth_data["val"])
+
+    def images(dataset) -> dict[str, np.ndarray]:
+        out = {}
+        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            out.update(zip(batch["key"], batch["image"], strict=True))
+        return out
+
+    reference = images(build_dataset(shards, centre))
+    # Evaluation builds without a crop seed: the centre crop whatever data.crop says.
+    held_out = images(build_dataset(shards, random_crop))
+    trained = images(build_dataset(shards, random_crop, shuffle_seed=0, crop_seed=5))
+    again = images(build_dataset(shards, random_crop, shuffle_seed=1, crop_seed=5))
+    assert reference.keys() == held_out.keys() == trained.keys() == again.keys()
+    assert all(np.array_equal(reference[k], held_out[k]) for k in reference)
+    assert (
+        sum(not np.array_equal(reference[k], trained[k]) for k in reference) > len(reference) // 2
+    )
+    # Seeded per sample, not by the task that ran it or the shard order.
+    assert all(np.array_equal(trained[k], again[k]) for k in trained)
