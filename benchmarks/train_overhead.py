@@ -15,7 +15,7 @@ the same number of torch threads:
 two log rows, so logging is included, and the data-wait share rank 0 measured). Each row runs
 in a fresh process. The first ``--warmup`` steps are left out everywhere.
 
-    python benchmarks/train_overhead.py --preset tiny --steps 60 --warmup 20
+    python benchmarks/train_overhead.py --preset tiny --steps 60 --warmup 20 --rounds 3
 
 Prints one table; record it in benchmarks/RESULTS.md with the machine.
 """
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -210,8 +211,11 @@ def measure(
     cpus_per_worker: float,
     extra: list[str],
     folder: Path,
+    rounds: int = 1,
 ) -> list[dict[str, Any]]:
-    """Every row, side by side in one run; returns [{row, step_s, ratio, data_wait}].
+    """Every row, side by side, ``rounds`` times in turn (a, a', b, b, c, a, ...): this VM's
+    speed drifts by several percent over minutes, and interleaving spreads the drift over all
+    rows. Returns [{row, step_s, spread, ratio, data_wait}] with each row's median round.
 
     The shards hold one epoch of ``steps`` batches and a bit, so (c) never crosses an epoch.
     """
@@ -222,17 +226,28 @@ def measure(
     shards = sorted(str(p) for p in shards_dir.glob("*.tar"))
     overrides = [preset, f"data.tokenizer={tokenizer}", f"train.cpus_per_worker={cpus_per_worker}"]
     overrides += [f"train.max_steps={steps}", *extra]
-    results = []
-    for row in ROWS:
-        durations = run_row(row, overrides, shards, steps)["durations"][warmup:]
-        results.append({"row": row, "step_s": sum(durations) / len(durations), "data_wait": None})
-    rows = measure_mmpretrain(overrides, shards_dir, folder / "runs", steps, log_every)["rows"]
-    per_step, wait = mmpretrain_timing(rows, warmup)
-    results.append({"row": "mmpretrain", "step_s": per_step, "data_wait": wait})
-    plain = results[0]["step_s"]
-    for result in results:
-        result["ratio"] = result["step_s"] / plain
-    return results
+    seconds: dict[str, list[float]] = {row: [] for row in (*ROWS, "mmpretrain")}
+    waits = []
+    for index in range(rounds):
+        for row in ROWS:
+            durations = run_row(row, overrides, shards, steps)["durations"][warmup:]
+            seconds[row].append(sum(durations) / len(durations))
+        storage = folder / f"runs-{index}"
+        rows = measure_mmpretrain(overrides, shards_dir, storage, steps, log_every)["rows"]
+        per_step, wait = mmpretrain_timing(rows, warmup)
+        seconds["mmpretrain"].append(per_step)
+        waits.append(wait)
+    plain = statistics.median(seconds["plain"])
+    return [
+        {
+            "row": row,
+            "step_s": statistics.median(values),
+            "spread": (min(values), max(values)),
+            "ratio": statistics.median(values) / plain,
+            "data_wait": statistics.median(waits) if row == "mmpretrain" else None,
+        }
+        for row, values in seconds.items()
+    ]
 
 
 LABELS = {
@@ -245,11 +260,13 @@ LABELS = {
 
 
 def format_table(results: list[dict[str, Any]]) -> str:
-    lines = [f"{'loop':<52} {'s/step':>8} {'vs (a)':>7} {'data wait':>10}"]
+    header = f"{'loop':<52} {'s/step':>8} {'min-max':>13} {'vs (a)':>7} {'data wait':>10}"
+    lines = [header]
     for result in results:
         wait = "" if result["data_wait"] is None else f"{100 * result['data_wait']:.1f}%"
+        low, high = result["spread"]
         lines.append(
-            f"{LABELS[result['row']]:<52} {result['step_s']:>8.3f} "
+            f"{LABELS[result['row']]:<52} {result['step_s']:>8.3f} {low:>6.3f}-{high:<6.3f} "
             f"{result['ratio']:>6.3f}x {wait:>10}"
         )
     return "\n".join(lines)
@@ -262,6 +279,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=20, help="steps left out of the timing")
     parser.add_argument("--log-every", type=int, default=10, help="(c)'s train.log_every")
     parser.add_argument("--cpus-per-worker", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=3, help="every row this many times")
     parser.add_argument("overrides", nargs="*", help="config overrides for every row")
     parser.add_argument("--only", choices=ROWS, help=argparse.SUPPRESS)  # subprocess entry
     parser.add_argument("--overrides-json", help=argparse.SUPPRESS)
@@ -284,10 +302,12 @@ def main() -> None:
             args.cpus_per_worker,
             args.overrides,
             Path(tmp),
+            args.rounds,
         )
     print(
         f"preset {args.preset}, 1 worker, {args.steps - args.warmup} timed steps after "
-        f"{args.warmup}, {os.cpu_count()} CPUs; {THREADS_NOTE}"
+        f"{args.warmup}, median of {args.rounds} interleaved rounds, {os.cpu_count()} CPUs; "
+        f"{THREADS_NOTE}"
     )
     print(format_table(results))
 

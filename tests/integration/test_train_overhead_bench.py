@@ -39,11 +39,12 @@ def test_every_row_runs_and_the_ratios_are_against_the_plain_loop(tmp_path: Path
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     bench = load_script()
     overrides = ["data.batch_size=8", "objectives.image_ssl=0"]
-    results = bench.measure("tiny", 6, 2, 2, 1.0, overrides, tmp_path)
+    results = bench.measure("tiny", 6, 2, 2, 1.0, overrides, tmp_path, rounds=1)
     assert [r["row"] for r in results] == [*bench.ROWS, "mmpretrain"]
     plain = results[0]["step_s"]
     for result in results:
         assert result["step_s"] > 0
+        assert result["spread"] == (result["step_s"], result["step_s"])  # one round
         assert result["ratio"] == pytest.approx(result["step_s"] / plain)
     assert 0.0 <= results[-1]["data_wait"] <= 1.0
     table = bench.format_table(results)
