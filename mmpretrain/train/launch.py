@@ -27,6 +27,7 @@ from mmpretrain.console import Ticker, TrainingWatch, console
 from mmpretrain.data import quality, resume_filter
 from mmpretrain.data.pipeline import build_dataset
 from mmpretrain.errors import HardStopError, ResourceError
+from mmpretrain.local_cluster import free_ports
 from mmpretrain.metrics import scrape_targets
 from mmpretrain.storage import Folder
 from mmpretrain.train import stop
@@ -93,11 +94,21 @@ def connect(cfg: RunConfig) -> None:
     else:
         # "local": always a fresh instance, never some other cluster left on this machine.
         cpus = embedded_cpus(cfg)
+        (dashboard_port,) = free_ports(1)
         ray.init(
             address="local",
             num_cpus=cpus,
             log_to_driver=True,
             logging_config=logging_config,
+            # Ray Train's placement-group cleaner asks the state API about the controller with
+            # address "auto", which fails ("multiple active Ray instances") when another Ray
+            # runs on this machine: a sweep trial that Tune stopped then keeps its worker
+            # group's CPUs for good (seen: a PBT sweep waiting forever). This Ray's own API
+            # server in every worker's environment points such calls here.
+            dashboard_port=dashboard_port,
+            runtime_env={
+                "env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dashboard_port}"}
+            },
             # Ray lets as many Python workers start at once as the machine has cores, and
             # warns past 4x that; a run's workers, controller, data tasks and actors start
             # together, which on a 2-core machine trips the warning every run. The embedded
