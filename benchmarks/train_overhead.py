@@ -109,9 +109,11 @@ def deepspeed_step(task: Any, cfg: Any) -> Any:
     """The same step through mmpretrain's DeepSpeed engine set-up, on a one-rank gloo group."""
     import torch.distributed as dist
 
+    from mmpretrain.local_cluster import free_ports
     from mmpretrain.train.engine import build_engine
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    (port,) = free_ports(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     dist.init_process_group("gloo", rank=0, world_size=1)
     engine = build_engine(task, cfg)
@@ -122,14 +124,6 @@ def deepspeed_step(task: Any, cfg: Any) -> Any:
         engine.step()
 
     return step
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def measure_in_process(row: str, overrides: list[str], shards: list[str], steps: int) -> dict:

@@ -58,7 +58,6 @@ import dataclasses
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -306,12 +305,6 @@ def measure_rank(
 # ---------------------------------------------------------------- the launcher
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def stage_overrides(
     preset: str, stage: int, image_size: int, batch: int, extra: list[str] = ()
 ) -> list[str]:
@@ -364,9 +357,10 @@ def run_stage(
 ) -> list[RankRow]:
     """Starts ``world_size`` fresh rank processes for one stage; their rows in rank order."""
     from mmpretrain.config import load_config
+    from mmpretrain.local_cluster import free_ports
 
     overrides = stage_overrides(preset, stage, image_size, batch, list(extra))
-    port = _free_port()
+    (port,) = free_ports(1)
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
     )
