@@ -109,7 +109,7 @@ def deepspeed_step(task: Any, cfg: Any) -> Any:
     """The same step through mmpretrain's DeepSpeed engine set-up, on a one-rank gloo group."""
     import torch.distributed as dist
 
-    from mmpretrain.local_cluster import free_ports
+    from mmpretrain.ports import free_ports
     from mmpretrain.train.engine import build_engine
 
     (port,) = free_ports(1)

@@ -357,7 +357,7 @@ def run_stage(
 ) -> list[RankRow]:
     """Starts ``world_size`` fresh rank processes for one stage; their rows in rank order."""
     from mmpretrain.config import load_config
-    from mmpretrain.local_cluster import free_ports
+    from mmpretrain.ports import free_ports
 
     overrides = stage_overrides(preset, stage, image_size, batch, list(extra))
     (port,) = free_ports(1)

@@ -27,7 +27,6 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from mmpretrain.errors import ClusterError
+from mmpretrain.ports import free_ports, port_in_use
 
 INFO_FILE = "cluster.json"
 TOKEN_FILE = "auth_token"
@@ -178,32 +178,6 @@ class ClusterInfo:
 
 
 # --- planning: ports and arguments (no Ray, no processes) -------------------------------------
-
-
-def port_in_use(port: int) -> bool:
-    """Whether something listens on ``port`` on any address.
-
-    Ray's gRPC servers bind every address, so a port taken on any one of them is taken.
-    SO_REUSEADDR lets a port left in TIME_WAIT by a closed server count as free.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("", port))
-        except OSError:
-            return True
-    return False
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports free right now: all bound at once, so none is handed out twice."""
-    with contextlib.ExitStack() as stack:
-        ports = []
-        for _ in range(count):
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind(("", 0))
-            ports.append(sock.getsockname()[1])
-    return ports
 
 
 def worker_port_ranges(count: int, rng: random.Random | None = None) -> list[tuple[int, int]]:

@@ -27,8 +27,8 @@ from mmpretrain.console import Ticker, TrainingWatch, console
 from mmpretrain.data import quality, resume_filter
 from mmpretrain.data.pipeline import build_dataset
 from mmpretrain.errors import HardStopError, ResourceError
-from mmpretrain.local_cluster import free_ports
 from mmpretrain.metrics import scrape_targets
+from mmpretrain.ports import free_ports
 from mmpretrain.storage import Folder
 from mmpretrain.train import stop
 from mmpretrain.train.checkpoint.manifest import list_checkpoints

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from mmpretrain.local_cluster import ClusterInfo, client_env, down, free_ports, up
+from mmpretrain.local_cluster import ClusterInfo, client_env, down, up
+from mmpretrain.ports import free_ports
 
 # Logical CPUs per node: a 2-worker tiny training with fractional train.cpus_per_worker plus
 # Ray Data's tasks must fit on the cluster (2 x 4 = 8) without starving each other.

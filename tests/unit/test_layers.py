@@ -1,6 +1,6 @@
 """The house's floors, read from the import graph: imports go down, never up.
 
-Ground floor: errors, storage, console, distributed, config (in that order: a later one may
+Ground floor: ports, errors, storage, console, distributed, config (in that order: a later one may
 use an earlier one). Then data/, model/ and evaluate/, each using only the ground floor and
 itself. Then metrics, then train/, then pretrained, then sweep, demo (and the like), then report
 (which reads a sweep's results) and jobs (which checks a sweep job's spec), then the cli.
@@ -19,7 +19,7 @@ import pytest
 import mmpretrain
 
 PACKAGE = Path(mmpretrain.__file__).parent
-GROUND = ["errors", "storage", "console", "distributed", "config"]
+GROUND = ["ports", "errors", "storage", "console", "distributed", "config"]
 MIDDLE = ["data", "model", "evaluate"]
 FLOOR = {
     **{name: (0, index) for index, name in enumerate(GROUND)},
