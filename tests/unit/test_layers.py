@@ -1,8 +1,8 @@
 """The house's floors, read from the import graph: imports go down, never up.
 
-Ground floor: ports, errors, storage, console, distributed, config (in that order: a later
-one may use an earlier one). Then data/, model/ and evaluate/, each using only the ground floor
-and itself. Then metrics, then train/, then pretrained, then sweep, demo (and the like), then report
+Ground floor: ports, errors, storage, console, distributed, config (in that order: a later one
+may use an earlier one). Then data/, model/ and evaluate/, each using only the ground floor and
+itself. Then metrics, then train/, then pretrained, then sweep, demo (and the like), then report
 (which reads a sweep's results) and jobs (which checks a sweep job's spec), then the cli.
 Also: model/ and evaluate/ know nothing of Ray or DeepSpeed, and inference imports neither.
 """
