@@ -20,6 +20,8 @@ import yaml
 from packaging.requirements import Requirement
 from ray.autoscaler._private.util import prepare_config, validate_config
 
+from mmpretrain.config import load_config
+
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "cluster"
 DOCKERFILE = CLUSTER / "docker" / "Dockerfile"
@@ -197,6 +199,16 @@ def test_gpu_workers_are_8x_h100_nodes(cloud: str) -> None:
         assert 0 <= node_type["min_workers"] <= node_type["max_workers"], name
         assert 1 <= node_type["max_workers"] <= config["max_workers"], name
         assert "--gpus all" in node_type["docker"]["worker_run_options"], name
+
+
+def test_the_base_preset_fills_whole_gpu_nodes_and_four_nodes_fit_32_workers(cloud: str) -> None:
+    """The YAML comments' node counts: the preset (and jobs/pretrain-base.yaml) is one 8-GPU
+    node; train.num_workers=32, the README's 4-node recipe, is the cluster's max_workers."""
+    config = _prepared(cloud)
+    workers = load_config("base").train.num_workers
+    gpus_per_node = {t["resources"]["GPU"] for t in _worker_types(config).values()}
+    assert gpus_per_node == {8} and workers % 8 == 0
+    assert config["max_workers"] * 8 == 32 >= workers
 
 
 def test_workers_can_write_the_shared_checkpoint_storage(cloud: str) -> None:

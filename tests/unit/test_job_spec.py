@@ -10,13 +10,14 @@ import pytest
 import yaml
 
 from mmpretrain.cli import parse_command
-from mmpretrain.config import ConfigError
+from mmpretrain.config import ConfigError, load_config
 from mmpretrain.jobs.client import stopped_step
 from mmpretrain.jobs.spec import (
     METADATA_PREFIX,
     STOP_WAIT_ENV,
     SUPERVISOR_MARGIN_S,
     JobSpecError,
+    check_command,
     load_job_spec,
 )
 from mmpretrain.train.stop import stopped_message
@@ -48,6 +49,15 @@ def test_every_shipped_spec_parses_and_its_entrypoint_validates(path: Path) -> N
         assert {"runs/", "data/"} <= set(env["excludes"])
     if spec.command in ("train", "demo"):
         assert argv[-1] == f"train.stop_grace_s={spec.stop_grace_s:g}"
+
+
+def test_pretrain_base_trains_on_the_base_preset_s_workers() -> None:
+    """One GPU story: the job runs the preset's worker count (one 8-GPU node of the cloud
+    YAMLs); a bigger run says so on submit (train.num_workers=32), not in a second default."""
+    spec = load_job_spec(JOBS / "pretrain-base.yaml", [], parse_command)
+    cfg = check_command(shlex.split(spec.command_line()), parse_command)
+    assert cfg is not None and cfg.train.use_gpu
+    assert cfg.train.num_workers == load_config("base").train.num_workers
 
 
 def test_submit_overrides_are_appended_and_kept_for_resubmit() -> None:

@@ -25,7 +25,7 @@ import ray
 import yaml
 
 from mmpretrain.cli import parse_command
-from mmpretrain.config import RunConfig
+from mmpretrain.config import RunConfig, load_config
 from mmpretrain.jobs.spec import SUPERVISOR_MARGIN_S, check_command, load_job_spec
 from mmpretrain.sweep.spec import SweepSpec
 
@@ -330,11 +330,13 @@ def test_gpu_8x_is_the_base_preset_on_two_nodes_of_four_gpus_zero2_bf16() -> Non
     cfg = run_config(job)
     assert entrypoint_of(job)[2:4] == ["--config", "base"]
     assert cfg.model.vision.name == "resnet50" and cfg.model.fusion.type == "gated"
-    assert cfg.train.use_gpu and cfg.train.num_workers == 8
+    # The preset's own worker count (8), placed on exactly 2 pods x 4 GPUs.
+    assert cfg.train.use_gpu and cfg.train.num_workers == load_config("base").train.num_workers
     assert cfg.train.zero_stage == 2 and cfg.train.precision == "bf16"
     (group,) = job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
     assert group["replicas"] == group["minReplicas"] == group["maxReplicas"] == 2
     assert ray_resources(group)[1] == 4
+    assert group["replicas"] * ray_resources(group)[1] == cfg.train.num_workers
 
 
 @pytest.mark.parametrize("kustomization", [*JOB_OVERLAYS, "overlays/long-lived"])
