@@ -91,7 +91,8 @@ def resolve_tokenizer(cfg: RunConfig, train_shards: list[str]) -> RunConfig:
             f"data.tokenizer: required when train.storage_path is an object-store URI "
             f"({cfg.train.storage_path!r}): a tokenizer trained into this machine's copy of the "
             "run directory would not reach workers on other nodes. Make one with `mmpretrain "
-            "tokenizer train SHARDS OUT` in a folder every node sees and set data.tokenizer=OUT"
+            "tokenizer train --data SHARDS --out OUT` in a folder every node sees and set "
+            "data.tokenizer=OUT"
         )
     out = cfg.run_dir / RUN_TOKENIZER
     if (out / "tokenizer.json").is_file():
