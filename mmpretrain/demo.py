@@ -56,7 +56,7 @@ def run_demo(runs_dir: str = "runs", overrides: Sequence[str] = ()) -> TrainResu
             f"train.storage_path={root}",
             f"train.run_name={run_name}",
             f"eval.prompt_template={DEMO_PROMPT}",
-            # Same data order and kernels every time, so the numbers the README shows repeat.
+            # Fixed data order and kernels; how far the numbers vary: README, "Reproducibility".
             "train.deterministic=true",
             *overrides,
         ],
