@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("open_clip_train")  # the bench extra: OpenCLIP's loader is the peer
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # a benchmark smoke test
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES, CPUS = 64, [1]

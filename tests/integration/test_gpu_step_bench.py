@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # a benchmark smoke test
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 ARGS = [

@@ -28,6 +28,8 @@ from mmpretrain.sweep.results import read_sweep, show_results
 from mmpretrain.train.checkpoint.manifest import list_checkpoints
 from tests.integration.conftest import run_cli
 
+pytestmark = pytest.mark.integration
+
 MAX_STEPS = 64
 BAD_LR = 1.0e-8  # the trial that cannot learn
 # Ray's own per-cluster singletons (Ray Data's stats and autoscaling coordinator, usage

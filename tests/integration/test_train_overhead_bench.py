@@ -35,6 +35,8 @@ def test_timing_from_log_rows_counts_each_window_by_its_steps() -> None:
     assert wait == pytest.approx(0.3 / 3.0)  # the rows after the window's first
 
 
+@pytest.mark.integration
+@pytest.mark.slow  # every row of the benchmark, Ray included, for real
 def test_every_row_runs_and_the_ratios_are_against_the_plain_loop(tmp_path: Path) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     bench = load_script()

@@ -207,7 +207,7 @@ def test_kustomize_renders_and_every_object_is_a_kind_we_validate(kustomization:
     assert kinds <= known, f"not validated by these tests: {kinds - known}"
 
 
-def test_the_issue_s_overlays_exist() -> None:
+def test_cpu_gpu_and_sweep_overlays_ship() -> None:
     assert {"overlays/cpu-smoke", "overlays/gpu-8x", "overlays/sweep"} <= set(KUSTOMIZATIONS)
 
 

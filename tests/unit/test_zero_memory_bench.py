@@ -18,6 +18,9 @@ import pytest
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "zero_memory.py"
 WORLD = 2
 STAGES = (0, 3)
+# Two real DeepSpeed ranks per stage: a benchmark smoke test, in the slow tier.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
 PAD = 0.01  # DeepSpeed pads each flat partition to its alignment: a few elements, well under 1%
 
 
