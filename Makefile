@@ -9,9 +9,17 @@ STAMP  := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# editable_mode=compat: the install's .pth puts this folder on sys.path, so `import mmpretrain`
+# finds the real package even in a script saved next to a clone named mmpretrain/. The default
+# mode maps the package with a finder that Python asks only after its path search, and that
+# search takes such a clone (a folder with no __init__.py) for a namespace package first, which
+# has no load_pretrained. pip 23.1 passes --config-settings to an editable build (a venv of
+# Python 3.10 may come with pip 22). The stamp depends on this file so that an existing .venv
+# is reinstalled this way. bench: the data benchmark's smoke test.
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[dev,bench]'  # bench: the data benchmark's smoke test
+	$(BIN)/pip install --quiet 'pip>=23.1'
+	$(BIN)/pip install --quiet -e '.[dev,bench]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -27,6 +27,7 @@ from mmpretrain.local_cluster import (
     plan_nodes,
     read_info,
     status,
+    summary,
     up,
     write_token,
 )
@@ -85,6 +86,20 @@ def test_client_env_points_ray_init_at_the_gcs_and_jobs_at_the_dashboard(tmp_pat
     }
     assert "export RAY_ADDRESS=127.0.0.1:7000" in export_lines(info).splitlines()
     assert ClusterInfo.from_json(json.loads(json.dumps(info.to_json()))) == info
+
+
+def test_status_text_marks_a_dead_node_and_says_why_the_head_is_silent(tmp_path: Path) -> None:
+    """The text ``mmpretrain cluster status`` prints, built from a head's answer without a head."""
+    plan = plan_nodes(tmp_path, workers=1, cpus_per_node=2)
+    info = ClusterInfo(tmp_path, tmp_path / "auth_token", 7000, 7001, 7002, plan.nodes, 0.0, 1, 2)
+    head = {"node_ip": "10.0.0.5", "resources_total": {"CPU": 2.0, "mmpretrain_node_0": 1.0}}
+    lines = summary(info, [head]).splitlines()
+    assert lines[0] == f"cluster in {tmp_path}: 1/2 nodes alive"
+    assert lines[1].startswith("  node 0 head   10.0.0.5  CPU 2  mmpretrain_node_0=1")
+    assert lines[2].startswith("  node 1 worker NOT ALIVE (logs: ")
+    assert export_lines(info) in summary(info, [head])
+    silent = summary(info, [], unreachable="connection refused").splitlines()[0]
+    assert silent.endswith("0/2 nodes alive (the head did not answer: connection refused)")
 
 
 def test_token_file_is_created_private_whatever_the_umask(tmp_path: Path) -> None:
