@@ -1,7 +1,9 @@
 """A real local multi-node Ray cluster (head + 1 worker, token auth) for integration tests.
 
 Brought up with ``mmpretrain.local_cluster.up`` as ``mmpretrain cluster up`` does, once per
-test module, and stopped with ``down``. Job tests submit to it through ``env`` (the client
+session, and stopped with ``down``: test_jobs.py and test_local_cluster.py share it (they run
+one after the other), and the last test of test_local_cluster.py stops it itself, which
+checks ``down``; the teardown's ``down`` then finds nothing to stop. Job tests submit to it through ``env`` (the client
 environment: GCS address, Jobs API URL, token file) and place work on a node through
 ``info.nodes[i].resource``.
 """
@@ -32,7 +34,7 @@ class LocalCluster:
     token: str  # for HTTP calls to the dashboard (Authorization: Bearer TOKEN)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def local_cluster() -> Iterator[LocalCluster]:
     # A short dir of its own: pytest's tmp paths are too long for Ray's socket paths under it.
     state_dir = Path(tempfile.mkdtemp(prefix="mmpc-"))
