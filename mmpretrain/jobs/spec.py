@@ -18,6 +18,7 @@ import math
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -181,6 +182,9 @@ def _parse(raw: dict[str, Any], path: Path, text: str, overrides: list[str]) -> 
     grace = raw.get("stop_grace_s", RunConfig().train.stop_grace_s)
     if isinstance(grace, bool) or not isinstance(grace, (int, float)) or grace <= 0:
         raise JobSpecError(f"stop_grace_s: must be a number of seconds > 0; got {grace!r}")
+    excludes = _strings(env.get("excludes", []), "runtime_env.excludes")
+    if working_dir is not None:
+        _refuse_excludes_that_drop_the_package(excludes, working_dir)
     return JobSpec(
         path=path,
         text=text,
@@ -189,13 +193,33 @@ def _parse(raw: dict[str, Any], path: Path, text: str, overrides: list[str]) -> 
         overrides=overrides,
         stop_grace_s=float(grace),
         working_dir=working_dir,
-        excludes=_strings(env.get("excludes", []), "runtime_env.excludes"),
+        excludes=excludes,
         pip=_strings(env.get("pip", []), "runtime_env.pip"),
         env_vars=env_vars,
         resources=dict(resources),
         metadata={str(k): str(v) for k, v in metadata.items()},
         description=str(raw.get("description", "")),
     )
+
+
+def _refuse_excludes_that_drop_the_package(excludes: Sequence[str], working_dir: Path) -> None:
+    """Ray matches ``excludes`` as .gitignore lines, so a pattern without a slash (``data/``)
+    drops that name at every depth: ``mmpretrain/data/`` too, and the job then fails at import
+    on the cluster with ``No module named 'mmpretrain.data'``. Caught here, before the upload."""
+    package = working_dir / "mmpretrain"
+    if not package.is_dir():
+        return
+    for pattern in excludes:
+        name = pattern.rstrip("/")
+        if not name or "/" in name:
+            continue  # anchored or a path: matches relative to working_dir only
+        hit = next((p for p in sorted(package.rglob("*")) if fnmatch(p.name, name)), None)
+        if hit is not None and "__pycache__" not in hit.parts:
+            raise JobSpecError(
+                f"runtime_env.excludes: {pattern!r} also drops "
+                f"{hit.relative_to(working_dir).as_posix()} from the upload (Ray reads excludes "
+                f"as .gitignore lines); anchor it to working_dir with a leading slash: '/{pattern}'"
+            )
 
 
 def _check_entrypoint(spec: JobSpec, parse: ParseCommand) -> None:

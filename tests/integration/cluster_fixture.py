@@ -3,9 +3,9 @@
 Brought up with ``mmpretrain.local_cluster.up`` as ``mmpretrain cluster up`` does, once per
 session, and stopped with ``down``: test_jobs.py and test_local_cluster.py share it (they run
 one after the other), and the last test of test_local_cluster.py stops it itself, which
-checks ``down``; the teardown's ``down`` then finds nothing to stop. Job tests submit to it through ``env`` (the client
-environment: GCS address, Jobs API URL, token file) and place work on a node through
-``info.nodes[i].resource``.
+checks ``down``; the teardown's ``down`` then finds nothing to stop. Job tests submit to it
+through ``env`` (the client environment: GCS address, Jobs API URL, token file) and place work
+on a node through ``info.nodes[i].resource``.
 """
 
 from __future__ import annotations

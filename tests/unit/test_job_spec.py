@@ -46,7 +46,7 @@ def test_every_shipped_spec_parses_and_its_entrypoint_validates(path: Path) -> N
     assert int(env["env_vars"][STOP_WAIT_ENV]) >= spec.stop_grace_s + SUPERVISOR_MARGIN_S
     if spec.working_dir is not None:
         assert (spec.working_dir / "pyproject.toml").is_file()  # the project, uploaded
-        assert {"runs/", "data/"} <= set(env["excludes"])
+        assert {"/runs/", "/data/"} <= set(env["excludes"])
     if spec.command in ("train", "demo"):
         assert argv[-1] == f"train.stop_grace_s={spec.stop_grace_s:g}"
 
@@ -101,6 +101,8 @@ def write_spec(tmp_path: Path, **changes: object) -> Path:
         ({"runtime_env": {"env_vars": {"RAY_AUTH_TOKEN": "x"}}}, [], "RAY_AUTH_TOKEN"),
         ({"runtime_env": {"env_vars": {STOP_WAIT_ENV: "5"}}}, [], "stop_grace_s"),
         ({"metadata": {"mmpretrain.spec": "x"}}, [], "mmpretrain.spec"),
+        # Ray reads excludes as .gitignore lines: an unanchored data/ drops mmpretrain/data/ too.
+        ({"runtime_env": {"working_dir": str(JOBS.parent), "excludes": ["data/"]}}, [], "'/data/'"),
     ],
 )
 def test_a_bad_spec_or_override_fails_before_submission_naming_the_key(
