@@ -129,6 +129,7 @@ def test_a_killed_worker_restarts_the_group_from_the_last_complete_checkpoint(
     assert check_checkpoint(Path(result.checkpoint)).complete
 
 
+@pytest.mark.slow
 def test_a_killed_driver_is_resumed_by_running_the_same_command(synth_data, tmp_path) -> None:
     command = [
         sys.executable, "-m", "mmpretrain", "train", "--config", "tiny",
@@ -166,6 +167,7 @@ def test_a_killed_driver_is_resumed_by_running_the_same_command(synth_data, tmp_
     assert set(range(1, MAX_STEPS + 1)) <= set(steps), steps
 
 
+@pytest.mark.slow
 def test_a_lost_node_shrinks_the_run_to_the_workers_that_still_fit(synth_data, tmp_path) -> None:
     """Two 2-CPU nodes hold one worker each (train.cpus_per_worker=2); the head's one CPU
     runs Ray Data. One node goes mid-run: the group comes back with one worker

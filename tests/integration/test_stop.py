@@ -18,18 +18,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from mmpretrain.data.shards import iter_shard
 from mmpretrain.data.synth import write_synthetic_shards
-from mmpretrain.train.audit import read_sample_keys
 from mmpretrain.train.checkpoint.manifest import list_checkpoints
 
-pytestmark = pytest.mark.integration
+# Slow tier: the job stop test (test_jobs.py) keeps graceful stop in the fast one.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SAMPLES, SHARD_SIZE, BATCH, WORKERS = 256, 32, 8, 2
 EPOCH_STEPS = SAMPLES // (BATCH * WORKERS)
@@ -107,10 +105,6 @@ def wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen, timeout_s: f
     raise AssertionError(f"no step {step} in {timeout_s}s")
 
 
-def epoch_keys(shards: Path) -> Counter:
-    return Counter(key for shard in shards.glob("*.tar") for key in dict(iter_shard(shard)))
-
-
 def test_sigterm_checkpoints_the_step_and_the_same_command_resumes_exactly(
     synth_data, epoch_shards, tmp_path, start
 ) -> None:
@@ -133,8 +127,10 @@ def test_sigterm_checkpoints_the_step_and_the_same_command_resumes_exactly(
     consumed = position["shards_finished"] * SHARD_SIZE + position["keys_consumed_in_progress"]
     assert consumed == stopped * BATCH * WORKERS, position
 
+    # The same command resumes at the stop's step; two more steps show it trains on from
+    # there (every key exactly once across a cut is proved in test_resume.py).
     resumed = subprocess.run(
-        argv,
+        [*argv, f"train.max_steps={stopped + 2}"],
         env={**os.environ, "RAY_AUTH_MODE": "disabled"},
         capture_output=True,
         text=True,
@@ -142,11 +138,7 @@ def test_sigterm_checkpoints_the_step_and_the_same_command_resumes_exactly(
     )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert f"at step {stopped}" in resumed.stdout, resumed.stdout[-3000:]
-    assert list_checkpoints(run_dir)[0].step == EPOCH_STEPS
-    # Across both processes every key of the epoch was trained on exactly once.
-    trained = Counter(key for _, key in read_sample_keys(run_dir))
-    expected = epoch_keys(epoch_shards)
-    assert trained == expected, (trained - expected, expected - trained)
+    assert list_checkpoints(run_dir)[0].step == stopped + 2
 
 
 def test_a_second_sigterm_stops_at_once_and_the_previous_checkpoint_stays_newest(

@@ -226,6 +226,7 @@ def _kill_ray_session_of(driver_pid: int) -> None:
                 process.kill()
 
 
+@pytest.mark.slow
 def test_a_sweep_whose_driver_was_killed_continues(synth_data, tmp_path) -> None:
     spec = _spec(
         "restore",
@@ -301,6 +302,7 @@ def test_a_sweep_whose_driver_was_killed_continues(synth_data, tmp_path) -> None
     assert "holds sweep 'restore' with another spec (overrides changed)" in changed.stderr
 
 
+@pytest.mark.slow
 def test_pbt_clones_the_leader_and_continues_its_steps(synth_data, tmp_path) -> None:
     spec = _spec(
         "pbt",
