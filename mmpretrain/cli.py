@@ -193,22 +193,28 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(handler=_report)
 
     sweep = commands.add_parser(
-        "sweep",
-        help="search fusion and loss weights with Ray Tune; `sweep results DIR` ranks the trials",
+        "sweep", help="search fusion and loss weights with Ray Tune, then rank the trials"
     )
-    sweep.add_argument(
-        "spec", help="sweep spec (tune/*.yaml), or `results` followed by a sweep directory"
+    sweep_commands = sweep.add_subparsers(dest="action", required=True)
+    sweep_run = sweep_commands.add_parser(
+        "run", help="run a sweep spec (tune/*.yaml); `mmpretrain sweep SPEC` is short for it"
     )
-    sweep.add_argument(
+    sweep_run.add_argument("spec", help="sweep spec (tune/*.yaml)")
+    sweep_run.add_argument(
         "overrides",
         nargs="*",
         metavar="key.path=value",
-        help="run-config overrides for every trial (data paths, storage); with results: DIR",
+        help="run-config overrides for every trial (data paths, storage)",
     )
-    sweep.add_argument("--address", help="Ray cluster to run the trials on (cluster.address)")
-    sweep.add_argument("--json", action="store_true", help="with results: print JSON")
-    _add_verbose_arg(sweep)
-    sweep.set_defaults(handler=_sweep)
+    sweep_run.add_argument("--address", help="Ray cluster to run the trials on (cluster.address)")
+    _add_verbose_arg(sweep_run)
+    sweep_run.set_defaults(handler=_sweep_run)
+    sweep_results = sweep_commands.add_parser(
+        "results", help="rank a sweep directory's trials; write its best config"
+    )
+    sweep_results.add_argument("dir", help="sweep directory (train.storage_path/<sweep name>)")
+    sweep_results.add_argument("--json", action="store_true", help="print the rows as JSON")
+    sweep_results.set_defaults(handler=_sweep_results)
 
     job = commands.add_parser(
         "job", help="submit, follow, stop and resubmit jobs (jobs/*.yaml) on a Ray cluster"
@@ -373,9 +379,10 @@ def _tokenizer_train(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, _run_overrides(args))  # a bad key fails before Ray loads
     from mmpretrain.train.launch import run_training
 
-    return _print_result(run_training(load_config(args.config, _run_overrides(args))))
+    return _print_result(run_training(cfg))
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -399,19 +406,20 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sweep(args: argparse.Namespace) -> int:
-    from mmpretrain.sweep.results import show_results
-
-    if args.spec == "results":
-        if len(args.overrides) != 1:
-            raise ConfigError("usage: mmpretrain sweep results DIR [--json]")
-        print(show_results(args.overrides[0], as_json=args.json))
-        return 0
+def _sweep_run(args: argparse.Namespace) -> int:
     from mmpretrain.sweep.driver import run_sweep
+    from mmpretrain.sweep.results import show_results
     from mmpretrain.sweep.spec import load_spec
 
     spec = load_spec(args.spec, args.overrides)
     print(show_results(run_sweep(spec, address=args.address, verbose=args.verbose), False))
+    return 0
+
+
+def _sweep_results(args: argparse.Namespace) -> int:
+    from mmpretrain.sweep.results import show_results
+
+    print(show_results(args.dir, as_json=args.json))
     return 0
 
 
@@ -465,6 +473,7 @@ def _demo(args: argparse.Namespace) -> int:
 def parse_command(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line as the handlers get it (also how job specs check their entrypoint)."""
     parser = build_parser()
+    argv = _sweep_shorthand(list(sys.argv[1:] if argv is None else argv))
     # Overrides may follow options (`inspect DIR --strict data.x=1`), which argparse's
     # positional handling rejects; collect any key=value leftovers as overrides.
     args, extra = parser.parse_known_args(argv)
@@ -475,12 +484,26 @@ def parse_command(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+SWEEP_ACTIONS = ("run", "results", "-h", "--help")
+
+
+def _sweep_shorthand(argv: list[str]) -> list[str]:
+    """``sweep SPEC ...`` -> ``sweep run SPEC ...``: the short form READMEs, job specs and
+    RayJob manifests were written with keeps working beside the real subcommands."""
+    if len(argv) > 1 and argv[0] == "sweep" and argv[1] not in SWEEP_ACTIONS:
+        return ["sweep", "run", *argv[1:]]
+    return argv
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_command(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except (ConfigError, FileNotFoundError, CheckpointError, ReportError, JobError) as exc:
+    except ConfigError as exc:  # one line, the same shape for configs, sweep and job specs
+        print(f"error: {exc.located()}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, CheckpointError, ReportError, JobError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (DataQualityError, ResourceError) as exc:

@@ -50,4 +50,6 @@ def test_every_command_has_a_handler() -> None:
 def test_a_config_error_is_one_line_and_exit_code_2(capsys) -> None:
     assert cli.main(["config", "show", "train.zero_stage=5"]) == 2
     err = capsys.readouterr().err
-    assert err.strip() == "error: train.zero_stage: got 5; allowed values are [0, 1, 2, 3]"
+    assert err.strip() == (
+        "error: <command line>: train.zero_stage: got 5; allowed values are [0, 1, 2, 3]"
+    )
