@@ -18,7 +18,13 @@ from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 
-from mmpretrain.config import ConfigError, describe_fields, load_config, preset_names
+from mmpretrain.config import (
+    ConfigError,
+    RunConfig,
+    describe_fields,
+    load_config,
+    preset_names,
+)
 from mmpretrain.errors import (
     CheckpointError,
     DataQualityError,
@@ -27,6 +33,9 @@ from mmpretrain.errors import (
     ReportError,
     ResourceError,
 )
+
+# The generated configuration reference, in the project's docs (`mmpretrain config docs`).
+REFERENCE_PAGE = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -78,6 +87,18 @@ def build_parser() -> argparse.ArgumentParser:
     config_commands.add_parser("keys", help="list every key with its description").set_defaults(
         handler=_config_keys
     )
+    docs = config_commands.add_parser(
+        "docs", help="write the configuration reference (run config, sweep and job specs)"
+    )
+    docs.add_argument(
+        "--out",
+        default=str(REFERENCE_PAGE),
+        help="where to write it; - prints it (default: %(default)s)",
+    )
+    docs.add_argument(
+        "--check", action="store_true", help="exit 1 if --out differs from what would be written"
+    )
+    docs.set_defaults(handler=_config_docs)
 
     data = commands.add_parser("data", help="make or look at shards")
     data_commands = data.add_subparsers(dest="action", required=True)
@@ -358,6 +379,57 @@ def _config_keys(args: argparse.Namespace) -> int:
     for key, text in describe_fields():
         print(f"{key:<28} {text}")
     return 0
+
+
+def _config_docs(args: argparse.Namespace) -> int:
+    text = reference_text()
+    if args.out == "-":
+        print(text, end="")
+        return 0
+    out = Path(args.out)
+    if args.check:
+        if not out.is_file() or out.read_text() != text:
+            print(f"error: {out} is not current; run `mmpretrain config docs`", file=sys.stderr)
+            return 1
+        print(f"{out} is current")
+        return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"wrote {out}")
+    return 0
+
+
+def reference_text() -> str:
+    """The configuration reference: the run config, then the two kinds of spec that pick
+    run configs (assembled here, the floor that may import config, sweep and jobs)."""
+    from mmpretrain.config.reference import Section, render_reference
+    from mmpretrain.jobs.spec import JobFile
+    from mmpretrain.sweep.spec import SweepFile
+
+    return render_reference(
+        "Configuration reference",
+        "Every key a user may set, with its type, default and meaning. A run config is a "
+        "preset or YAML file plus dotted overrides (`mmpretrain config show` prints the "
+        "resolved one); a bad key or value fails at once as `error: <file>: <key>: got X; "
+        "allowed ...`, naming `<command line>` for an override typed there.",
+        [
+            Section(
+                "Run config", RunConfig, "`--config` presets and YAML files; dotted overrides."
+            ),
+            Section(
+                "Sweep spec",
+                SweepFile,
+                "`tune/*.yaml`, run by `mmpretrain sweep run SPEC` (or `mmpretrain sweep SPEC`);"
+                " see [sweeps.md](sweeps.md).",
+            ),
+            Section(
+                "Job spec",
+                JobFile,
+                "`jobs/*.yaml`, sent by `mmpretrain job submit SPEC`; checked whole before "
+                "anything is sent; see [operations.md](operations.md).",
+            ),
+        ],
+    )
 
 
 def _synth(args: argparse.Namespace) -> int:
