@@ -50,9 +50,9 @@ def read_bert_config(folder: str | Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"model.text.pretrained: cannot read {str(path)!r}: {exc}") from exc
+        raise ConfigError(f"cannot read {str(path)!r}: {exc}", "model.text.pretrained") from exc
     if not isinstance(data, dict):
-        raise ConfigError(f"model.text.pretrained: {str(path)!r} does not hold a JSON object")
+        raise ConfigError(f"{str(path)!r} does not hold a JSON object", "model.text.pretrained")
     return data
 
 
@@ -85,10 +85,10 @@ def adopt_pretrained_text_shape(data: dict[str, Any], chosen: dict[str, Any]) ->
             continue
         mine = yours.get(key)
         if mine is not None and mine != theirs:
-            raise ConfigError(
-                f"model.text.{key}={mine} but {folder!r} has {hf_name}={theirs}: your setting "
-                f"disagrees with model.text.pretrained's config.json; drop model.text.{key} to "
-                "take the folder's value"
+            raise ConfigError(  # keyed, so the error names the file or command line that set it
+                f"got {mine}; allowed: {theirs}, the {hf_name} of model.text.pretrained "
+                f"{folder!r} (or drop model.text.{key} to take the folder's value)",
+                f"model.text.{key}",
             )
         adopted[key] = theirs
     fusion = _subtree(data, "model", "fusion")
