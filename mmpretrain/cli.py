@@ -18,7 +18,13 @@ from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 
-from mmpretrain.config import ConfigError, describe_fields, load_config, preset_names
+from mmpretrain.config import (
+    ConfigError,
+    RunConfig,
+    describe_fields,
+    load_config,
+    preset_names,
+)
 from mmpretrain.errors import (
     CheckpointError,
     DataQualityError,
@@ -27,6 +33,9 @@ from mmpretrain.errors import (
     ReportError,
     ResourceError,
 )
+
+# The generated configuration reference, in the project's docs (`mmpretrain config docs`).
+REFERENCE_PAGE = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -78,6 +87,18 @@ def build_parser() -> argparse.ArgumentParser:
     config_commands.add_parser("keys", help="list every key with its description").set_defaults(
         handler=_config_keys
     )
+    docs = config_commands.add_parser(
+        "docs", help="write the configuration reference (run config, sweep and job specs)"
+    )
+    docs.add_argument(
+        "--out",
+        default=str(REFERENCE_PAGE),
+        help="where to write it; - prints it (default: %(default)s)",
+    )
+    docs.add_argument(
+        "--check", action="store_true", help="exit 1 if --out differs from what would be written"
+    )
+    docs.set_defaults(handler=_config_docs)
 
     data = commands.add_parser("data", help="make or look at shards")
     data_commands = data.add_subparsers(dest="action", required=True)
@@ -193,22 +214,28 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(handler=_report)
 
     sweep = commands.add_parser(
-        "sweep",
-        help="search fusion and loss weights with Ray Tune; `sweep results DIR` ranks the trials",
+        "sweep", help="search fusion and loss weights with Ray Tune, then rank the trials"
     )
-    sweep.add_argument(
-        "spec", help="sweep spec (tune/*.yaml), or `results` followed by a sweep directory"
+    sweep_commands = sweep.add_subparsers(dest="action", required=True)
+    sweep_run = sweep_commands.add_parser(
+        "run", help="run a sweep spec (tune/*.yaml); `mmpretrain sweep SPEC` is short for it"
     )
-    sweep.add_argument(
+    sweep_run.add_argument("spec", help="sweep spec (tune/*.yaml)")
+    sweep_run.add_argument(
         "overrides",
         nargs="*",
         metavar="key.path=value",
-        help="run-config overrides for every trial (data paths, storage); with results: DIR",
+        help="run-config overrides for every trial (data paths, storage)",
     )
-    sweep.add_argument("--address", help="Ray cluster to run the trials on (cluster.address)")
-    sweep.add_argument("--json", action="store_true", help="with results: print JSON")
-    _add_verbose_arg(sweep)
-    sweep.set_defaults(handler=_sweep)
+    sweep_run.add_argument("--address", help="Ray cluster to run the trials on (cluster.address)")
+    _add_verbose_arg(sweep_run)
+    sweep_run.set_defaults(handler=_sweep_run)
+    sweep_results = sweep_commands.add_parser(
+        "results", help="rank a sweep directory's trials; write its best config"
+    )
+    sweep_results.add_argument("dir", help="sweep directory (train.storage_path/<sweep name>)")
+    sweep_results.add_argument("--json", action="store_true", help="print the rows as JSON")
+    sweep_results.set_defaults(handler=_sweep_results)
 
     job = commands.add_parser(
         "job", help="submit, follow, stop and resubmit jobs (jobs/*.yaml) on a Ray cluster"
@@ -354,6 +381,57 @@ def _config_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_docs(args: argparse.Namespace) -> int:
+    text = reference_text()
+    if args.out == "-":
+        print(text, end="")
+        return 0
+    out = Path(args.out)
+    if args.check:
+        if not out.is_file() or out.read_text() != text:
+            print(f"error: {out} is not current; run `mmpretrain config docs`", file=sys.stderr)
+            return 1
+        print(f"{out} is current")
+        return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"wrote {out}")
+    return 0
+
+
+def reference_text() -> str:
+    """The configuration reference: the run config, then the two kinds of spec that pick
+    run configs (assembled here, the floor that may import config, sweep and jobs)."""
+    from mmpretrain.config.reference import Section, render_reference
+    from mmpretrain.jobs.spec import JobFile
+    from mmpretrain.sweep.spec import SweepFile
+
+    return render_reference(
+        "Configuration reference",
+        "Every key a user may set, with its type, default and meaning. A run config is a "
+        "preset or YAML file plus dotted overrides (`mmpretrain config show` prints the "
+        "resolved one); a bad key or value fails at once as `error: <file>: <key>: got X; "
+        "allowed ...`, naming `<command line>` for an override typed there.",
+        [
+            Section(
+                "Run config", RunConfig, "`--config` presets and YAML files; dotted overrides."
+            ),
+            Section(
+                "Sweep spec",
+                SweepFile,
+                "`tune/*.yaml`, run by `mmpretrain sweep run SPEC` (or `mmpretrain sweep SPEC`);"
+                " see [sweeps.md](sweeps.md).",
+            ),
+            Section(
+                "Job spec",
+                JobFile,
+                "`jobs/*.yaml`, sent by `mmpretrain job submit SPEC`; checked whole before "
+                "anything is sent; see [operations.md](operations.md).",
+            ),
+        ],
+    )
+
+
 def _synth(args: argparse.Namespace) -> int:
     from mmpretrain.data.synth import write_synthetic_shards
 
@@ -373,9 +451,10 @@ def _tokenizer_train(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, _run_overrides(args))  # a bad key fails before Ray loads
     from mmpretrain.train.launch import run_training
 
-    return _print_result(run_training(load_config(args.config, _run_overrides(args))))
+    return _print_result(run_training(cfg))
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -399,19 +478,20 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sweep(args: argparse.Namespace) -> int:
-    from mmpretrain.sweep.results import show_results
-
-    if args.spec == "results":
-        if len(args.overrides) != 1:
-            raise ConfigError("usage: mmpretrain sweep results DIR [--json]")
-        print(show_results(args.overrides[0], as_json=args.json))
-        return 0
+def _sweep_run(args: argparse.Namespace) -> int:
     from mmpretrain.sweep.driver import run_sweep
+    from mmpretrain.sweep.results import show_results
     from mmpretrain.sweep.spec import load_spec
 
     spec = load_spec(args.spec, args.overrides)
     print(show_results(run_sweep(spec, address=args.address, verbose=args.verbose), False))
+    return 0
+
+
+def _sweep_results(args: argparse.Namespace) -> int:
+    from mmpretrain.sweep.results import show_results
+
+    print(show_results(args.dir, as_json=args.json))
     return 0
 
 
@@ -465,6 +545,7 @@ def _demo(args: argparse.Namespace) -> int:
 def parse_command(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line as the handlers get it (also how job specs check their entrypoint)."""
     parser = build_parser()
+    argv = _sweep_shorthand(list(sys.argv[1:] if argv is None else argv))
     # Overrides may follow options (`inspect DIR --strict data.x=1`), which argparse's
     # positional handling rejects; collect any key=value leftovers as overrides.
     args, extra = parser.parse_known_args(argv)
@@ -475,12 +556,26 @@ def parse_command(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+SWEEP_ACTIONS = ("run", "results", "-h", "--help")
+
+
+def _sweep_shorthand(argv: list[str]) -> list[str]:
+    """``sweep SPEC ...`` -> ``sweep run SPEC ...``: the short form READMEs, job specs and
+    RayJob manifests were written with keeps working beside the real subcommands."""
+    if len(argv) > 1 and argv[0] == "sweep" and argv[1] not in SWEEP_ACTIONS:
+        return ["sweep", "run", *argv[1:]]
+    return argv
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_command(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except (ConfigError, FileNotFoundError, CheckpointError, ReportError, JobError) as exc:
+    except ConfigError as exc:  # one line, the same shape for configs, sweep and job specs
+        print(f"error: {exc.located()}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, CheckpointError, ReportError, JobError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (DataQualityError, ResourceError) as exc:

@@ -16,30 +16,28 @@ from __future__ import annotations
 import argparse
 import math
 import shlex
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from mmpretrain.config import ConfigError, RunConfig, load_config
+from mmpretrain.config import (
+    COMMAND_LINE,
+    ConfigError,
+    RunConfig,
+    TrainConfig,
+    doc,
+    load_config,
+    parse_overrides,
+)
+from mmpretrain.config.load import read_yaml_mapping
+from mmpretrain.config.overrides import override_keys
+from mmpretrain.config.schema import build, require
 
 if TYPE_CHECKING:
     from mmpretrain.sweep.spec import SweepSpec
 
-TOP_LEVEL = {
-    "name": "a short name, shown by `mmpretrain job list`",
-    "description": "what the job is for",
-    "entrypoint": "an `mmpretrain` command line; overrides typed on submit are appended",
-    "runtime_env": "working_dir, excludes, pip, env_vars",
-    "entrypoint_resources": "num_cpus, num_gpus, memory, resources of the driver process",
-    "metadata": "string labels kept with the job",
-    "stop_grace_s": "seconds a stop may take to write its checkpoint (train.stop_grace_s)",
-}
-RUNTIME_ENV_KEYS = ("working_dir", "excludes", "pip", "env_vars")
-RESOURCE_KEYS = ("num_cpus", "num_gpus", "memory", "resources")
 # Commands that take run-config overrides, and so a train.stop_grace_s.
 CONFIG_COMMANDS = ("train", "demo")
 JOB_COMMANDS = ("train", "demo", "sweep", "eval", "export")
@@ -57,6 +55,100 @@ class JobSpecError(ConfigError):
 # What `mmpretrain job` needs from the CLI to check an entrypoint: its own parser, so the
 # grammar lives in one place (cli.py) and a spec cannot drift from what the job will run.
 ParseCommand = Callable[[Sequence[str]], argparse.Namespace]
+
+
+@dataclass
+class RuntimeEnvSection:
+    working_dir: str | None = doc(
+        "Folder uploaded as the job's working directory, read relative to the spec; null when "
+        "the nodes have mmpretrain installed.",
+        default=None,
+    )
+    excludes: list[str] = doc(
+        "Paths left out of the upload, read by Ray as .gitignore lines: anchor a name with a "
+        "leading '/' or it is dropped at every depth.",
+        default_factory=list,
+    )
+    pip: list[str] = doc("Packages Ray installs for the job.", default_factory=list)
+    env_vars: dict[str, str] = doc(
+        "Environment of the job; no tokens, and no stop wait (derived from stop_grace_s).",
+        default_factory=dict,
+    )
+
+    def __post_init__(self) -> None:
+        for key in self.env_vars:
+            require(
+                "TOKEN" not in key.upper(),
+                f"runtime_env.env_vars.{key}",
+                "a token does not belong in a job spec (it would be stored with the job); "
+                "the cluster's nodes hold their own",
+            )
+            require(
+                key != STOP_WAIT_ENV,
+                f"runtime_env.env_vars.{key}",
+                "set stop_grace_s instead; the wait is derived from it",
+            )
+
+
+@dataclass
+class EntrypointResourcesSection:
+    num_cpus: float | None = doc("CPUs the job's driver process holds; null = Ray's.", default=None)
+    num_gpus: float | None = doc("GPUs the job's driver process holds.", default=None)
+    memory: int | None = doc("Memory in bytes the job's driver process holds.", default=None)
+    resources: dict[str, float] | None = doc(
+        "Custom Ray resources the job's driver process holds.", default=None
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        """What the spec set, as the Jobs API's entrypoint_* arguments take it."""
+        return {
+            f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None
+        }
+
+
+@dataclass
+class JobFile:
+    """A job spec as written (``jobs/*.yaml``), checked by the config's schema engine."""
+
+    name: str = doc(
+        "A short name, shown by `mmpretrain job list`; empty = the spec's file name.", default=""
+    )
+    description: str = doc("What the job is for.", default="")
+    entrypoint: str = doc(
+        f"An `mmpretrain` command line ({', '.join(JOB_COMMANDS)}); overrides typed on "
+        "submit are appended.",
+        default="",
+    )
+    runtime_env: RuntimeEnvSection = field(default_factory=RuntimeEnvSection)
+    entrypoint_resources: EntrypointResourcesSection = field(
+        default_factory=EntrypointResourcesSection
+    )
+    metadata: dict[str, str] = doc(
+        f"String labels kept with the job (keys starting {METADATA_PREFIX!r} are ours).",
+        default_factory=dict,
+    )
+    stop_grace_s: float = doc(
+        "Seconds a stop may take to write its checkpoint (passed on as train.stop_grace_s).",
+        default=TrainConfig.__dataclass_fields__["stop_grace_s"].default,
+    )
+
+    def __post_init__(self) -> None:
+        require(
+            bool(self.entrypoint.strip()),
+            "entrypoint",
+            "required, an `mmpretrain ...` command line",
+        )
+        clashing = [key for key in self.metadata if key.startswith(METADATA_PREFIX)]
+        require(
+            not clashing,
+            f"metadata.{clashing[0] if clashing else ''}",
+            f"keys starting {METADATA_PREFIX!r} are ours",
+        )
+        require(
+            self.stop_grace_s > 0,
+            "stop_grace_s",
+            f"must be a number of seconds > 0; got {self.stop_grace_s:g}",
+        )
 
 
 @dataclass(frozen=True)
@@ -119,86 +211,65 @@ class JobSpec:
 def load_job_spec(
     path: str | Path, overrides: Sequence[str], parse: ParseCommand, text: str | None = None
 ) -> JobSpec:
-    """Reads ``path`` (or ``text``, a copy kept with an earlier job) and checks it whole."""
+    """Reads ``path`` (or ``text``, a copy kept with an earlier job) and checks it whole. An
+    error names the spec file, or the command line where the bad key was typed there."""
     spec_path = Path(path).resolve()
     if text is None:
         if not spec_path.is_file():
             raise JobSpecError(f"job spec {str(path)!r} does not exist")
         text = spec_path.read_text()
-    raw = yaml.safe_load(text) or {}
-    if not isinstance(raw, dict):
-        raise JobSpecError(f"{path}: a job spec is a mapping of {sorted(TOP_LEVEL)}")
-    spec = _parse(raw, spec_path, text, list(overrides))
-    _check_entrypoint(spec, parse)
+    raw = read_yaml_mapping(spec_path, "job spec", JobSpecError, text)
+    try:
+        spec = _parse(raw, spec_path, text, list(overrides))
+        _check_entrypoint(spec, parse)
+    except ConfigError as exc:
+        raise exc.as_kind(JobSpecError).at(str(path)) from None
     return spec
 
 
 def _parse(raw: dict[str, Any], path: Path, text: str, overrides: list[str]) -> JobSpec:
-    _refuse_unknown(raw, TOP_LEVEL, "")
-    if not isinstance(raw.get("entrypoint"), str) or not raw["entrypoint"].strip():
-        raise JobSpecError(f"{path}: entrypoint: required, an `mmpretrain ...` command line")
-    entrypoint = shlex.split(raw["entrypoint"])
+    job: JobFile = build(JobFile, raw)
+    entrypoint = shlex.split(job.entrypoint)
     if entrypoint[0] != "mmpretrain" or len(entrypoint) < 2:
         raise JobSpecError(
-            f"entrypoint: must be an `mmpretrain` command line (the jobs hold no logic of their "
-            f"own); got {raw['entrypoint']!r}"
+            "must be an `mmpretrain` command line (the jobs hold no logic of their "
+            f"own); got {job.entrypoint!r}",
+            "entrypoint",
         )
     if entrypoint[1] not in JOB_COMMANDS:
         raise JobSpecError(
-            f"entrypoint: `mmpretrain {entrypoint[1]}` is not a job command; allowed: "
-            f"{', '.join(JOB_COMMANDS)}"
+            f"got `mmpretrain {entrypoint[1]}`, which is not a job command; allowed: "
+            f"{', '.join(JOB_COMMANDS)}",
+            "entrypoint",
         )
     bad = [item for item in overrides if "=" not in item or item.startswith("-")]
     if bad:
-        raise JobSpecError(f"submit overrides must be key.path=value; got {bad}")
-
-    env = _mapping(raw.get("runtime_env"), "runtime_env")
-    _refuse_unknown(env, RUNTIME_ENV_KEYS, "runtime_env.")
+        raise JobSpecError(f"submit overrides must be key.path=value; got {bad}", file=COMMAND_LINE)
+    env = job.runtime_env
     working_dir = None
-    if env.get("working_dir") is not None:
-        working_dir = (path.parent / str(env["working_dir"])).resolve()
+    if env.working_dir is not None:
+        working_dir = (path.parent / env.working_dir).resolve()
         if not working_dir.is_dir():
             raise JobSpecError(
-                f"runtime_env.working_dir: {str(working_dir)!r} (read relative to the spec) is "
-                "not a folder; use null when the nodes have mmpretrain installed"
+                f"{str(working_dir)!r} (read relative to the spec) is not a folder; use null "
+                "when the nodes have mmpretrain installed",
+                "runtime_env.working_dir",
             )
-    env_vars = {str(k): str(v) for k, v in _mapping(env.get("env_vars"), "env_vars").items()}
-    for key in env_vars:
-        if "TOKEN" in key.upper():
-            raise JobSpecError(
-                f"runtime_env.env_vars.{key}: a token does not belong in a job spec (it would "
-                "be stored with the job); the cluster's nodes hold their own"
-            )
-        if key == STOP_WAIT_ENV:
-            raise JobSpecError(
-                f"runtime_env.env_vars.{key}: set stop_grace_s instead; the wait is derived from it"
-            )
-    resources = _mapping(raw.get("entrypoint_resources"), "entrypoint_resources")
-    _refuse_unknown(resources, RESOURCE_KEYS, "entrypoint_resources.")
-    metadata = _mapping(raw.get("metadata"), "metadata")
-    clashing = [key for key in metadata if str(key).startswith(METADATA_PREFIX)]
-    if clashing:
-        raise JobSpecError(f"metadata.{clashing[0]}: keys starting {METADATA_PREFIX!r} are ours")
-    grace = raw.get("stop_grace_s", RunConfig().train.stop_grace_s)
-    if isinstance(grace, bool) or not isinstance(grace, (int, float)) or grace <= 0:
-        raise JobSpecError(f"stop_grace_s: must be a number of seconds > 0; got {grace!r}")
-    excludes = _strings(env.get("excludes", []), "runtime_env.excludes")
-    if working_dir is not None:
-        _refuse_excludes_that_drop_the_package(excludes, working_dir)
+        _refuse_excludes_that_drop_the_package(env.excludes, working_dir)
     return JobSpec(
         path=path,
         text=text,
-        name=str(raw.get("name") or path.stem),
+        name=job.name or path.stem,
         entrypoint=entrypoint,
         overrides=overrides,
-        stop_grace_s=float(grace),
+        stop_grace_s=job.stop_grace_s,
         working_dir=working_dir,
-        excludes=excludes,
-        pip=_strings(env.get("pip", []), "runtime_env.pip"),
-        env_vars=env_vars,
-        resources=dict(resources),
-        metadata={str(k): str(v) for k, v in metadata.items()},
-        description=str(raw.get("description", "")),
+        excludes=env.excludes,
+        pip=env.pip,
+        env_vars=env.env_vars,
+        resources=job.entrypoint_resources.to_dict(),
+        metadata=job.metadata,
+        description=job.description,
     )
 
 
@@ -216,16 +287,26 @@ def _refuse_excludes_that_drop_the_package(excludes: Sequence[str], working_dir:
         hit = next((p for p in sorted(package.rglob("*")) if fnmatch(p.name, name)), None)
         if hit is not None and "__pycache__" not in hit.parts:
             raise JobSpecError(
-                f"runtime_env.excludes: {pattern!r} also drops "
-                f"{hit.relative_to(working_dir).as_posix()} from the upload (Ray reads excludes "
-                f"as .gitignore lines); anchor it to working_dir with a leading slash: '/{pattern}'"
+                f"{pattern!r} also drops {hit.relative_to(working_dir).as_posix()} from the "
+                "upload (Ray reads excludes as .gitignore lines); anchor it to working_dir with a "
+                f"leading slash: '/{pattern}'",
+                "runtime_env.excludes",
             )
 
 
 def _check_entrypoint(spec: JobSpec, parse: ParseCommand) -> None:
-    """Loads what the job will load, here: its config, or its sweep spec, with the overrides."""
+    """Loads what the job will load, here: its config, or its sweep spec, with the overrides.
+
+    A bad key in the entrypoint's own overrides is the spec's (``entrypoint: <key>: ...``);
+    one in the overrides typed on submit stays the command line's."""
     grace = [f"train.stop_grace_s={spec.stop_grace_s:g}"] if spec.command in CONFIG_COMMANDS else []
-    check_command([*spec.entrypoint, *spec.overrides], parse, grace, spec.working_dir)
+    try:
+        check_command([*spec.entrypoint, *spec.overrides], parse, grace, spec.working_dir)
+    except ConfigError as exc:
+        typed = override_keys(parse_overrides(spec.overrides))
+        if exc.file != COMMAND_LINE or exc.key in typed:
+            raise
+        raise JobSpecError(str(exc), "entrypoint") from None
 
 
 def check_command(
@@ -248,6 +329,8 @@ def check_command(
     except SystemExit as exc:  # argparse has printed its usage line
         raise JobSpecError(f"entrypoint: {shlex.join(argv)} does not parse") from exc
     overrides = [*getattr(args, "overrides", []), *extra_overrides]
+    if args.command == "sweep" and args.action == "results":
+        return None  # reads a finished sweep's folder; nothing to load beforehand
     if args.command == "sweep":
         from mmpretrain.sweep.spec import load_spec
 
@@ -267,25 +350,3 @@ def check_command(
             "resubmitted job cannot find the run to resume it"
         )
     return cfg
-
-
-def _refuse_unknown(raw: Mapping[str, Any], allowed: Any, prefix: str) -> None:
-    unknown = sorted(set(raw) - set(allowed))
-    if unknown:
-        raise JobSpecError(
-            f"{prefix}{unknown[0]}: not a job spec key; allowed: {', '.join(sorted(allowed))}"
-        )
-
-
-def _mapping(value: Any, key: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise JobSpecError(f"{key}: must be a mapping; got {value!r}")
-    return value
-
-
-def _strings(value: Any, key: str) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise JobSpecError(f"{key}: must be a list of strings; got {value!r}")
-    return list(value)

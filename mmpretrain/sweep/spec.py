@@ -11,19 +11,23 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mmpretrain.config import (
+    COMMAND_LINE,
     OBJECTIVE_WEIGHTS,
     ConfigError,
     RunConfig,
     describe_fields,
+    doc,
     load_config,
+    parse_overrides,
 )
+from mmpretrain.config.load import read_yaml_mapping
+from mmpretrain.config.overrides import override_keys
+from mmpretrain.config.schema import build, choice, refuse_unknown, require
 
 SEARCHERS = ("random", "grid", "optuna")
 SCHEDULERS = ("asha", "pbt", "none")
@@ -37,21 +41,71 @@ PBT_MUTABLE = (*(f"objectives.{name}" for name in OBJECTIVE_WEIGHTS), "optim.lr"
 DEFAULT_METRIC = "mean_recall@1"
 # Keys a sweep owns: each trial gets its own run directory and no local metrics port.
 SWEEP_OWNED = ("train.run_name", "observe.metrics_port", "observe.sweep")
-TOP_LEVEL = (
-    "name",
-    "description",
-    "config",
-    "overrides",
-    "resources",
-    "budget",
-    "space",
-    "search",
-    "scheduler",
-    "metric",
-    "mode",
-    "num_trials",
-    "concurrency",
-)
+
+
+class SweepSpecError(ConfigError):
+    """A spec that cannot run; the message names the spec key."""
+
+
+@dataclass
+class SearchSection:
+    algorithm: str = doc(
+        "How trials pick their values: random, grid (every combination once) or optuna.",
+        default="random",
+    )
+    seed: int = doc("Seed of the searcher's sampling.", default=0)
+
+    def __post_init__(self) -> None:
+        choice(self.algorithm, "search.algorithm", SEARCHERS)
+
+
+@dataclass
+class SchedulerSection:
+    type: str = doc(
+        "asha (stop weak trials early), pbt (population-based training: clone the best "
+        "trials' checkpoints, perturb weights and lr) or none.",
+        default="none",
+    )
+    grace_period: int | None = doc(
+        "asha: steps every trial runs before it may be stopped; null = eval.every.", default=None
+    )
+    reduction_factor: float | None = doc(
+        "asha: 1 in this many trials goes on at each rung (> 1); null = 2.", default=None
+    )
+    perturbation_interval: int | None = doc(
+        "pbt: steps between perturbations, a multiple of eval.every; null = eval.every.",
+        default=None,
+    )
+    quantile_fraction: float | None = doc(
+        "pbt: share of trials cloned into the worst ones, in (0, 0.5]; null = 0.25.",
+        default=None,
+    )
+    resample_probability: float | None = doc(
+        "pbt: chance a perturbed value is drawn afresh from the space; null = 0.25.", default=None
+    )
+    perturbation_factors: list[float] | None = doc(
+        "pbt: factors a perturbed value is multiplied by; null = [1.2, 0.8].", default=None
+    )
+
+    def __post_init__(self) -> None:
+        choice(self.type, "scheduler.type", SCHEDULERS)
+        for key in sorted(self.options()):
+            require(
+                key in SCHEDULER_OPTIONS[self.type],
+                f"scheduler.{key}",
+                f"not an option of {self.type}; allowed: "
+                f"{sorted(SCHEDULER_OPTIONS[self.type]) or 'none'}",
+            )
+
+    def options(self) -> dict[str, Any]:
+        """The options the spec set (their defaults live with the scheduler's set-up)."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name != "type" and getattr(self, f.name) is not None
+        }
+
+
 SCHEDULER_OPTIONS = {
     "asha": {"grace_period", "reduction_factor"},
     "pbt": {
@@ -64,8 +118,58 @@ SCHEDULER_OPTIONS = {
 }
 
 
-class SweepSpecError(ConfigError):
-    """A spec that cannot run; the message names the spec key."""
+@dataclass
+class SweepFile:
+    """A sweep spec as written (``tune/*.yaml``), checked by the config's schema engine."""
+
+    name: str = doc("Sweep directory name under train.storage_path (no '/'); required.", default="")
+    description: str = doc("What the sweep is for.", default="")
+    config: str = doc(
+        "Base run config: a preset name or a YAML path (read relative to the spec).",
+        default="tiny",
+    )
+    overrides: list[str] = doc(
+        "Dotted run-config overrides every trial gets (key.path=value); those typed on the "
+        "command line come after them.",
+        default_factory=list,
+    )
+    resources: dict[str, Any] = doc(
+        f"What each trial may use, by dotted key: {', '.join(RESOURCE_KEYS)}.",
+        default_factory=dict,
+    )
+    budget: dict[str, Any] = doc(
+        f"How long each trial runs and how often it is compared: {', '.join(BUDGET_KEYS)}.",
+        default_factory=dict,
+    )
+    space: dict[str, Any] = doc(
+        f"Searched dotted config keys, each one of {', '.join(KINDS)} with its values or "
+        "[low, high] bounds, e.g. optim.lr: {loguniform: [1e-5, 1e-3]}.",
+        default_factory=dict,
+    )
+    search: SearchSection = field(default_factory=SearchSection)
+    scheduler: SchedulerSection = field(default_factory=SchedulerSection)
+    metric: str = doc(
+        "Held-out number the trials are ranked by (reported every eval.every steps).",
+        default=DEFAULT_METRIC,
+    )
+    mode: str = doc("max or min: whether a higher metric is better.", default="max")
+    num_trials: int = doc(
+        "Samples drawn from the space (grid values multiply them, as in Tune).", default=1
+    )
+    concurrency: int = doc("Trials that run at once.", default=1)
+
+    def __post_init__(self) -> None:
+        require(
+            bool(self.name) and "/" not in self.name,
+            "name",
+            "required, a sweep directory name without '/'",
+        )
+        choice(self.mode, "mode", MODES)
+        for key in ("num_trials", "concurrency"):
+            value = getattr(self, key)
+            require(value >= 1, key, f"a whole number >= 1, got {value!r}")
+        refuse_unknown(self.resources, RESOURCE_KEYS, "resources")
+        refuse_unknown(self.budget, BUDGET_KEYS, "budget")
 
 
 @dataclass(frozen=True)
@@ -150,112 +254,112 @@ class SweepSpec:
 
 def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpec:
     """Reads ``path`` and checks it whole; ``overrides`` are dotted run-config overrides typed
-    on the command line (data paths, storage), applied after the spec's own."""
+    on the command line (data paths, storage), applied after the spec's own. An error names
+    the spec file, or the command line where the bad key was typed there."""
     spec_path = Path(path)
-    if not spec_path.is_file():
-        raise SweepSpecError(f"sweep spec {str(path)!r} does not exist")
-    raw = yaml.safe_load(spec_path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise SweepSpecError(f"{path}: a sweep spec is a mapping of {list(TOP_LEVEL)}")
-    raw = dict(raw)
-    raw["overrides"] = [*_string_list(raw.get("overrides", []), "overrides"), *overrides]
-    config = Path(str(raw.get("config", "tiny")))
-    if config.suffix and not config.is_absolute():
-        # A YAML path is read relative to the spec, so the spec works from any directory.
-        raw["config"] = str((spec_path.parent / config).resolve())
-    return parse_spec(raw)
-
-
-def parse_spec(raw: dict[str, Any]) -> SweepSpec:
-    unknown = sorted(set(raw) - set(TOP_LEVEL))
-    if unknown:
-        raise SweepSpecError(f"unknown spec key {unknown[0]!r}; allowed keys are {list(TOP_LEVEL)}")
-    name = str(raw.get("name") or "")
-    if not name or "/" in name:
-        raise SweepSpecError("name: required, a sweep directory name without '/'")
-    config = str(raw.get("config", "tiny"))
-    overrides = tuple(_string_list(raw.get("overrides", []), "overrides"))
-    resources = _dotted_section(raw.get("resources", {}), "resources", RESOURCE_KEYS)
-    budget = _dotted_section(raw.get("budget", {}), "budget", BUDGET_KEYS)
-
+    raw = read_yaml_mapping(spec_path, "sweep spec", SweepSpecError)
     try:
-        base = load_config(config, overrides, {**resources, **budget})
+        return parse_spec(raw, overrides, spec_path.parent)
     except ConfigError as exc:
-        raise SweepSpecError(f"config/overrides: {exc}") from exc
+        raise exc.at(str(path)) from None
+
+
+def parse_spec(
+    raw: dict[str, Any], cli_overrides: Sequence[str] = (), base_dir: Path | None = None
+) -> SweepSpec:
+    """The spec ``raw`` (a YAML mapping) checked whole: its layout by the schema engine, then
+    every searched value on the run config. A relative config path is read from ``base_dir``
+    (the spec's folder), so the spec works from any directory."""
+    try:
+        return _parse_spec(raw, cli_overrides, base_dir)
+    except ConfigError as exc:
+        raise exc.as_kind(SweepSpecError) from None
+
+
+def _parse_spec(
+    raw: dict[str, Any], cli_overrides: Sequence[str], base_dir: Path | None
+) -> SweepSpec:
+    spec_file: SweepFile = build(SweepFile, raw)
+    config = spec_file.config
+    if base_dir is not None and Path(config).suffix and not Path(config).is_absolute():
+        config = str((base_dir / config).resolve())
+    overrides = (*spec_file.overrides, *cli_overrides)
+    resources, budget = spec_file.resources, spec_file.budget
+    base = _load_base(config, overrides, cli_overrides, resources, budget)
     for key in SWEEP_OWNED:
         if any(item.split("=", 1)[0].strip() == key for item in overrides):
             raise SweepSpecError(
-                f"overrides: {key} is set by the sweep (each trial is its own run, named after "
+                f"{key} is set by the sweep (each trial is its own run, named after "
                 "the trial; two trials on one node cannot share a metrics port, and Ray's node "
-                "endpoint serves every trial's metrics)"
+                "endpoint serves every trial's metrics)",
+                "overrides",
             )
     if not base.data.val:
         raise SweepSpecError(
-            "data.val: a sweep ranks its trials on held-out pairs; set data.val (an override "
-            "on the command line) to a shard pattern"
+            "a sweep ranks its trials on held-out pairs; set data.val (an override "
+            "on the command line) to a shard pattern",
+            "data.val",
         )
     if base.eval.every < 1 or base.eval.every > base.train.max_steps:
         raise SweepSpecError(
-            f"budget.eval.every: must be in [1, train.max_steps={base.train.max_steps}] (trials "
-            f"report their held-out metric every eval.every steps); got {base.eval.every}"
+            f"must be in [1, train.max_steps={base.train.max_steps}] (trials "
+            f"report their held-out metric every eval.every steps); got {base.eval.every}",
+            "budget.eval.every",
         )
 
-    space = tuple(_dimension(key, entry) for key, entry in _mapping(raw.get("space"), "space"))
+    space = tuple(_dimension(str(key), entry) for key, entry in spec_file.space.items())
     if not space:
-        raise SweepSpecError("space: give at least one dotted config key to search")
+        raise SweepSpecError("give at least one dotted config key to search", "space")
     known = [key for key, _ in describe_fields()]
     values_so_far = {**resources, **budget}
     for dim in space:
         _check_dimension(dim, known, config, overrides, values_so_far)
 
-    search = dict(_mapping(raw.get("search", {}), "search"))
-    searcher = str(search.pop("algorithm", "random"))
-    seed = search.pop("seed", 0)
-    if search:
-        raise SweepSpecError(f"search: unknown key {sorted(search)[0]!r}; allowed: algorithm, seed")
-    _choose(searcher, "search.algorithm", SEARCHERS)
-    if not isinstance(seed, int):
-        raise SweepSpecError(f"search.seed: must be an integer, got {seed!r}")
-
-    scheduler_raw = dict(_mapping(raw.get("scheduler", {"type": "none"}), "scheduler"))
-    scheduler = str(scheduler_raw.pop("type", "none"))
-    _choose(scheduler, "scheduler.type", SCHEDULERS)
-    extra = sorted(set(scheduler_raw) - SCHEDULER_OPTIONS[scheduler])
-    if extra:
-        allowed = sorted(SCHEDULER_OPTIONS[scheduler]) or "none"
-        raise SweepSpecError(
-            f"scheduler: {extra[0]!r} is not an option of {scheduler}; allowed: {allowed}"
-        )
-
-    metric = str(raw.get("metric", DEFAULT_METRIC))
     metrics = reported_metrics(base)
-    if metric not in metrics:
-        raise SweepSpecError(f"metric: {metric!r} is not reported; choose one of {metrics}")
-    mode = str(raw.get("mode", "max"))
-    _choose(mode, "mode", MODES)
-    num_trials = _positive_int(raw.get("num_trials", 1), "num_trials")
-    concurrency = _positive_int(raw.get("concurrency", 1), "concurrency")
-
+    if spec_file.metric not in metrics:
+        raise SweepSpecError(
+            f"got {spec_file.metric!r}, which is not reported; allowed values are {metrics}",
+            "metric",
+        )
     spec = SweepSpec(
-        name=name,
+        name=spec_file.name,
         config=config,
         overrides=overrides,
         resources=resources,
         budget=budget,
         space=space,
-        searcher=searcher,
-        seed=seed,
-        scheduler=scheduler,
-        scheduler_options=scheduler_raw,
-        metric=metric,
-        mode=mode,
-        num_trials=num_trials,
-        concurrency=concurrency,
+        searcher=spec_file.search.algorithm,
+        seed=spec_file.search.seed,
+        scheduler=spec_file.scheduler.type,
+        scheduler_options=spec_file.scheduler.options(),
+        metric=spec_file.metric,
+        mode=spec_file.mode,
+        num_trials=spec_file.num_trials,
+        concurrency=spec_file.concurrency,
         source={**raw, "config": config, "overrides": list(overrides)},
     )
     _check_searcher(spec)
     _check_scheduler(spec, base)
     return spec
+
+
+def _load_base(
+    config: str,
+    overrides: Sequence[str],
+    cli_overrides: Sequence[str],
+    resources: Mapping[str, Any],
+    budget: Mapping[str, Any],
+) -> RunConfig:
+    """The base run config; an error in what the spec set is the spec's, named by section."""
+    try:
+        return load_config(config, overrides, {**resources, **budget})
+    except ConfigError as exc:
+        typed = override_keys(parse_overrides(cli_overrides))
+        if exc.file != COMMAND_LINE or exc.key in typed:
+            raise  # the config file's own, or an override typed on the command line
+        sections = {"resources": resources, "budget": budget}
+        section = next((name for name, keys in sections.items() if exc.key in keys), "overrides")
+        raise SweepSpecError(str(exc), section) from None
 
 
 def reported_metrics(cfg: RunConfig) -> list[str]:
@@ -351,7 +455,7 @@ def _dimension(key: str, entry: Any) -> Dimension:
     if not isinstance(entry, dict) or len(entry) != 1:
         raise SweepSpecError(f"{where}: one of {list(KINDS)} with its values, e.g. choice: [a, b]")
     kind, values = next(iter(entry.items()))
-    _choose(kind, f"{where} kind", KINDS)
+    choice(kind, where, KINDS)
     if not isinstance(values, list) or not values:
         raise SweepSpecError(f"{where}.{kind}: a non-empty list")
     if kind in ("uniform", "loguniform", "randint"):
@@ -365,36 +469,3 @@ def _dimension(key: str, entry: Any) -> Dimension:
         if kind == "randint" and not all(isinstance(v, int) for v in values):
             raise SweepSpecError(f"{where}.randint: integer bounds [low, high), got {values}")
     return Dimension(key=key, kind=kind, values=tuple(values))
-
-
-def _dotted_section(raw: Any, section: str, allowed: Sequence[str]) -> dict[str, Any]:
-    values = dict(_mapping(raw, section))
-    for key in values:
-        if key not in allowed:
-            raise SweepSpecError(f"{section}.{key}: not a {section} key; allowed: {list(allowed)}")
-    return values
-
-
-def _mapping(raw: Any, section: str) -> list[tuple[str, Any]]:
-    if raw is None:
-        return []
-    if not isinstance(raw, dict):
-        raise SweepSpecError(f"{section}: must be a mapping, got {raw!r}")
-    return [(str(key), value) for key, value in raw.items()]
-
-
-def _string_list(raw: Any, section: str) -> list[str]:
-    if not isinstance(raw, list) or not all(isinstance(item, str) for item in raw):
-        raise SweepSpecError(f"{section}: a list of key.path=value strings")
-    return list(raw)
-
-
-def _choose(value: Any, key: str, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise SweepSpecError(f"{key}: {value!r} is not one of {list(allowed)}")
-
-
-def _positive_int(value: Any, key: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise SweepSpecError(f"{key}: a whole number >= 1, got {value!r}")
-    return value

@@ -32,6 +32,9 @@ def test_every_command_has_a_handler() -> None:
     commands = [
         ["config", "show"],
         ["config", "keys"],
+        ["config", "docs"],
+        ["sweep", "run", "spec.yaml"],
+        ["sweep", "results", "runs/x"],
         ["data", "synth", "--out", "x", "--samples", "1"],
         ["data", "convert", "src", "--out", "x"],
         ["data", "inspect", "x"],
@@ -50,4 +53,16 @@ def test_every_command_has_a_handler() -> None:
 def test_a_config_error_is_one_line_and_exit_code_2(capsys) -> None:
     assert cli.main(["config", "show", "train.zero_stage=5"]) == 2
     err = capsys.readouterr().err
-    assert err.strip() == "error: train.zero_stage: got 5; allowed values are [0, 1, 2, 3]"
+    assert err.strip() == (
+        "error: <command line>: train.zero_stage: got 5; allowed values are [0, 1, 2, 3]"
+    )
+
+
+def test_sweep_spec_is_short_for_sweep_run_and_results_is_its_own_subcommand() -> None:
+    short = cli.parse_command(["sweep", "tune/smoke.yaml", "data.val=x", "--address", "auto"])
+    full = cli.parse_command(["sweep", "run", "tune/smoke.yaml", "data.val=x", "--address", "auto"])
+    assert vars(short) == vars(full)
+    assert (short.action, short.spec, short.overrides) == ("run", "tune/smoke.yaml", ["data.val=x"])
+    results = cli.parse_command(["sweep", "results", "runs/smoke", "--json"])
+    assert (results.action, results.dir, results.json) == ("results", "runs/smoke", True)
+    assert not hasattr(results, "spec")

@@ -280,6 +280,15 @@ def test_json_rows_carry_values_status_and_full_lineage(smoke, pbt) -> None:
     assert json.dumps(pbt_rows)  # machine-readable as a whole
 
 
+def test_sweep_results_is_a_subcommand_printing_the_table_or_json(smoke, capsys) -> None:
+    assert main(["sweep", "results", str(smoke), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == json.loads(show_results(smoke, as_json=True))
+    assert main(["sweep", "results", str(smoke)]) == 0
+    assert capsys.readouterr().out.strip() == show_results(smoke).strip()
+    assert main(["sweep", "results", str(smoke / "missing")]) == 2
+    assert "is not a sweep directory" in capsys.readouterr().err
+
+
 def test_pbt_trials_show_every_clone_and_end_with_the_cloned_values(pbt) -> None:
     results = read_sweep(pbt)
     cloned = results.trials[0]

@@ -76,23 +76,23 @@ def test_a_grid_multiplies_the_samples_as_in_tune() -> None:
         ({"space": {"model.fusion.type": {"choice": ["merged", "mixed"]}}}, "space.model.fusion.type: the config rejects 'mixed'"),  # noqa: E501
         ({"space": {"objectives.itm": {"uniform": [-1.0, 1.0]}}}, "space.objectives.itm: the config rejects -1.0"),  # noqa: E501
         ({"space": {"optim.lr": {"loguniform": [0.0, 1.0e-3]}}}, "space.optim.lr.loguniform: bounds must be > 0"),  # noqa: E501
-        ({"space": {"optim.lr": {"normal": [0, 1]}}}, "space.optim.lr kind: 'normal' is not one of"),  # noqa: E501
+        ({"space": {"optim.lr": {"normal": [0, 1]}}}, "space.optim.lr: got 'normal'; allowed values are"),  # noqa: E501
         ({"space": {"optim.lr": {"uniform": [1.0e-3, 1.0e-4]}}}, "low must be below high"),
         ({"space": {"train.num_workers": {"choice": [1, 2]}}}, "set by the sweep or in resources"),
         ({"space": {}}, "space: give at least one"),
-        ({"search": {"algorithm": "bayes"}}, "search.algorithm: 'bayes' is not one of ['random', 'grid', 'optuna']"),  # noqa: E501
-        ({"scheduler": {"type": "hyperband"}}, "scheduler.type: 'hyperband' is not one of ['asha', 'pbt', 'none']"),  # noqa: E501
-        ({"scheduler": {"type": "asha", "patience": 3}}, "scheduler: 'patience' is not an option of asha"),  # noqa: E501
-        ({"metric": "recall"}, "metric: 'recall' is not reported; choose one of ['mean_recall@1'"),
-        ({"mode": "maximize"}, "mode: 'maximize' is not one of ['max', 'min']"),
+        ({"search": {"algorithm": "bayes"}}, "search.algorithm: got 'bayes'; allowed values are ['random', 'grid', 'optuna']"),  # noqa: E501
+        ({"scheduler": {"type": "hyperband"}}, "scheduler.type: got 'hyperband'; allowed values are ['asha', 'pbt', 'none']"),  # noqa: E501
+        ({"scheduler": {"type": "asha", "patience": 3}}, "scheduler.patience: got unknown key; allowed keys: type, grace_period"),  # noqa: E501
+        ({"metric": "recall"}, "metric: got 'recall', which is not reported; allowed values are ['mean_recall@1'"),  # noqa: E501
+        ({"mode": "maximize"}, "mode: got 'maximize'; allowed values are ['max', 'min']"),
         ({"concurrency": 0}, "concurrency: a whole number >= 1"),
-        ({"resources": {"train.max_steps": 3}}, "resources.train.max_steps: not a resources key"),
+        ({"resources": {"train.max_steps": 3}}, "resources.train.max_steps: got unknown key; allowed keys: train.num_workers"),  # noqa: E501
         ({"budget": {"train.max_steps": 64, "eval.every": 0}}, "budget.eval.every: must be in [1, train.max_steps=64]"),  # noqa: E501
         ({"overrides": ["data.train=x/*.tar"]}, "data.val: a sweep ranks its trials on held-out pairs"),  # noqa: E501
         ({"overrides": [*DATA, "observe.metrics_port=9500"]}, "overrides: observe.metrics_port is set by the sweep"),  # noqa: E501
-        ({"overrides": [*DATA, "train.lr=0.1"]}, "train.lr is now optim.lr"),
+        ({"overrides": [*DATA, "train.lr=0.1"]}, "overrides: train.lr: got a moved key; it is now optim.lr"),  # noqa: E501
         ({"name": "a/b"}, "name: required"),
-        ({"trials": 3}, "unknown spec key 'trials'"),
+        ({"trials": 3}, "trials: got unknown key; allowed keys: name, description, config"),
     ],
 )  # fmt: skip
 def test_a_bad_spec_fails_naming_the_key(changes: dict[str, Any], expected: str) -> None:

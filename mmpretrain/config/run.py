@@ -1,50 +1,29 @@
-"""One typed config object describes a run end to end.
+"""The run config: one typed object describes a run end to end.
 
-Order of precedence, lowest first: dataclass defaults, a YAML preset (shipped name or path), then
-dotted command-line overrides (``train.max_steps=50``). Unknown keys and bad values raise
-``ConfigError`` naming the dotted key and what is allowed, before anything touches Ray, so a typo
-never costs a cluster start-up.
+Each section is a dataclass whose fields carry a default and a one-line doc; ``__post_init__``
+checks name the dotted key. Building one from YAML and overrides is ``load.py``'s job, the
+checking of plain data is the schema engine's (``schema.py``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
-import json
 import os
 import tempfile
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
+from mmpretrain.config.overrides import dotted_tree
+from mmpretrain.config.schema import build, doc, merge
+from mmpretrain.config.schema import choice as _choice
+from mmpretrain.config.schema import describe_fields as _describe_fields
+from mmpretrain.config.schema import require as _require
 from mmpretrain.storage import Folder, is_uri
-
-PRESET_DIR = Path(__file__).parent / "configs"
-
-
-class ConfigError(ValueError):
-    """A config key or value a user has to fix; the message names the key."""
-
-
-def doc(text: str, **kwargs: Any) -> Any:
-    """A dataclass field whose one-line description travels with it (shown by ``config show``)."""
-    return field(metadata={"doc": text}, **kwargs)
-
-
-def _require(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: {message}")
-
-
-def _choice(value: Any, key: str, allowed: typing.Iterable[Any]) -> None:
-    allowed = list(allowed)
-    _require(value in allowed, key, f"got {value!r}; allowed values are {allowed}")
-
 
 CAPTION_SOURCES = ("txt", "json", "cls")
 CROPS = ("center", "random_resized")
@@ -431,6 +410,18 @@ class TrainConfig:
         default=False,
     )
 
+    # Keys that moved out of ``train`` into sections of their own: an old key fails naming
+    # the new one (the schema engine reads RENAMED).
+    RENAMED: ClassVar[dict[str, str]] = {
+        "lr": "optim.lr",
+        "weight_decay": "optim.weight_decay",
+        "warmup_steps": "optim.warmup_steps",
+        "min_lr_ratio": "optim.min_lr_ratio",
+        "grad_clip": "optim.grad_clip",
+        "checkpoint_every": "checkpoint.every",
+        "keep_checkpoints": "checkpoint.keep",
+    }
+
     def __post_init__(self) -> None:
         _require(
             1 <= self.min_workers <= self.max_workers
@@ -508,18 +499,6 @@ class CheckpointConfig:
     def __post_init__(self) -> None:
         _require(self.every >= 1, "checkpoint.every", "must be >= 1")
         _require(self.keep is None or self.keep >= 1, "checkpoint.keep", "must be >= 1 or null")
-
-
-# Keys that moved out of ``train`` into sections of their own: an old key fails naming the new.
-MOVED_KEYS = {
-    "train.lr": "optim.lr",
-    "train.weight_decay": "optim.weight_decay",
-    "train.warmup_steps": "optim.warmup_steps",
-    "train.min_lr_ratio": "optim.min_lr_ratio",
-    "train.grad_clip": "optim.grad_clip",
-    "train.checkpoint_every": "checkpoint.every",
-    "train.keep_checkpoints": "checkpoint.keep",
-}
 
 
 @dataclass
@@ -674,18 +653,13 @@ class RunConfig:
 
     def with_values(self, values: typing.Mapping[str, Any]) -> RunConfig:
         """A copy with these dotted keys set, checked like any config (a sweep's trial)."""
-        return _build(RunConfig, _merge(self.to_dict(), dotted_tree(values)), "")
+        return build(RunConfig, merge(self.to_dict(), dotted_tree(values)))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-
-# ---------------------------------------------------------------------------------------------
-# Building a config from plain data
-# ---------------------------------------------------------------------------------------------
 
 
 def _absolute(path: str | None) -> str | None:
@@ -695,285 +669,6 @@ def _absolute(path: str | None) -> str | None:
     return os.path.abspath(os.path.expanduser(path))
 
 
-def _is_dataclass_type(tp: Any) -> bool:
-    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Checks a YAML value against a field's annotation; ints widen to floats, nothing else."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(value, option, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
-    if origin is list:
-        (item_type,) = typing.get_args(tp)
-        _require(isinstance(value, list), key, f"expected a list, got {value!r}")
-        if _is_dataclass_type(item_type):
-            return [_build(item_type, item, f"{key}[{i}]") for i, item in enumerate(value)]
-        return [_coerce(item, item_type, f"{key}[{i}]") for i, item in enumerate(value)]
-    if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
-            with contextlib.suppress(ValueError):
-                value = float(value)
-        _require(
-            isinstance(value, int | float) and not isinstance(value, bool),
-            key,
-            f"expected a number, got {value!r}",
-        )
-        return float(value)
-    if tp is int:
-        _require(
-            isinstance(value, int) and not isinstance(value, bool),
-            key,
-            f"expected an integer, got {value!r}",
-        )
-        return value
-    if tp is bool:
-        _require(isinstance(value, bool), key, f"expected true or false, got {value!r}")
-        return value
-    if tp is str:
-        _require(
-            isinstance(value, str | int | float) and not isinstance(value, bool),
-            key,
-            f"expected a string, got {value!r}",
-        )
-        return str(value)
-    raise ConfigError(f"{key}: unsupported field type {tp!r}")
-
-
-def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
-    unknown = sorted(set(data) - set(names))
-    moved = [_join(prefix, name) for name in unknown if _join(prefix, name) in MOVED_KEYS]
-    if moved:
-        raise ConfigError(
-            f"{moved[0]} is now {MOVED_KEYS[moved[0]]}; write {MOVED_KEYS[moved[0]]}=... "
-            f"(in YAML: {MOVED_KEYS[moved[0]].replace('.', ': ', 1)})"
-        )
-    if unknown:
-        where = prefix or "top level"
-        raise ConfigError(
-            f"unknown key {_join(prefix, unknown[0])!r} at {where}; allowed keys are {names}"
-        )
-    kwargs = {}
-    for name, value in data.items():
-        key = _join(prefix, name)
-        tp = hints[name]
-        kwargs[name] = _build(tp, value, key) if _is_dataclass_type(tp) else _coerce(value, tp, key)
-    return cls(**kwargs)
-
-
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
-
-
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-
-
-def _read_yaml(source: str | Path) -> dict[str, Any]:
-    path = Path(source)
-    if not path.suffix:
-        if str(source) not in preset_names():
-            raise ConfigError(
-                f"--config: no preset named {str(source)!r}; presets are"
-                f" {preset_names()} or give a path to a YAML file"
-            )
-        path = PRESET_DIR / f"{source}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"--config: file {str(path)!r} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"--config: {path} must hold a mapping at the top level")
-    return data
-
-
-def parse_overrides(overrides: typing.Sequence[str]) -> dict[str, Any]:
-    """Turns ``a.b=1`` strings into a nested dict; values are parsed as YAML scalars/lists."""
-    tree: dict[str, Any] = {}
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key.path=value")
-        key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else "", item)
-    return tree
-
-
-def dotted_tree(values: typing.Mapping[str, Any]) -> dict[str, Any]:
-    """``{"a.b": 1}`` -> ``{"a": {"b": 1}}``, values kept as they are (not parsed as text)."""
-    tree: dict[str, Any] = {}
-    for key, value in values.items():
-        _set_dotted(tree, key, value, key)
-    return tree
-
-
-def _set_dotted(tree: dict[str, Any], key: str, value: Any, item: str) -> None:
-    parts = key.split(".")
-    if not all(parts):
-        raise ConfigError(f"override {item!r} has an empty key part")
-    node = tree
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {item!r} conflicts with an earlier override")
-    node[parts[-1]] = value
-
-
-def load_config(
-    source: str | Path | None = "tiny",
-    overrides: typing.Sequence[str] = (),
-    values: typing.Mapping[str, Any] | None = None,
-) -> RunConfig:
-    """Builds a validated ``RunConfig`` from a preset name or YAML path plus dotted overrides.
-
-    ``values``: dotted keys with Python values, applied after ``overrides`` (a sweep's trial
-    values: typed already, so ``1e-08`` stays a float instead of YAML's string).
-
-    With ``model.text.pretrained`` set, the folder's config.json sets the text tower's shape:
-    a shipped preset's sizes (or the defaults) give way to it, while a size the user wrote
-    (their own YAML file or an override) must agree with it. Where each value came from is
-    only known here, so this is where the folder is read.
-    """
-    data = _read_yaml(source) if source is not None else {}
-    override_tree = _merge(parse_overrides(overrides), dotted_tree(values or {}))
-    data = _merge(data, override_tree)
-    chosen = override_tree if source is None or _is_shipped_preset(source) else data
-    data = _adopt_pretrained_text_shape(data, chosen)
-    return _build(RunConfig, data, "")
-
-
-# model.text.* key -> the BERT config.json field that decides it (what a pretrained folder sets)
-BERT_SHAPE_FIELDS = {
-    "hidden_size": "hidden_size",
-    "layers": "num_hidden_layers",
-    "heads": "num_attention_heads",
-    "intermediate_size": "intermediate_size",
-    "max_positions": "max_position_embeddings",
-}
-
-
-def check_text_matches_bert(text: TextConfig, bert_config: typing.Mapping[str, Any]) -> None:
-    """Every size model.text sets equals the pretrained folder's config.json; the driver's
-    preflight and the text encoder's own last guard both ask this."""
-    for key, hf_name in BERT_SHAPE_FIELDS.items():
-        ours, theirs = getattr(text, key), bert_config.get(hf_name)
-        if ours is not None and ours != theirs:
-            raise ConfigError(
-                f"model.text.{key}={ours} but {text.pretrained!r} has {hf_name}={theirs}; drop "
-                f"model.text.{key} to take the folder's value"
-            )
-
-
-def _is_shipped_preset(source: str | Path) -> bool:
-    path = Path(source)
-    if not path.suffix:
-        return True  # a preset name; _read_yaml has refused anything else
-    return path.resolve().parent == PRESET_DIR.resolve()
-
-
-def read_bert_config(folder: str | Path) -> dict[str, Any] | None:
-    """A pretrained folder's config.json, or None when the folder has none.
-
-    Read with json alone: importing transformers to read six numbers would cost seconds in
-    every command that loads a config.
-    """
-    path = Path(folder).expanduser() / "config.json"
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"model.text.pretrained: cannot read {str(path)!r}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"model.text.pretrained: {str(path)!r} does not hold a JSON object")
-    return data
-
-
-def _subtree(data: Any, *keys: str) -> dict[str, Any]:
-    for key in keys:
-        data = data.get(key) if isinstance(data, dict) else None
-    return data if isinstance(data, dict) else {}
-
-
-def _adopt_pretrained_text_shape(data: dict[str, Any], chosen: dict[str, Any]) -> dict[str, Any]:
-    """``data`` with model.text's sizes taken from model.text.pretrained's config.json.
-
-    ``chosen`` holds what the user set themselves; a size there that disagrees with the folder
-    is an error naming both, never silently replaced. A folder without config.json is left to
-    the driver's checks (train/preflight.py): evaluating or exporting a finished run does not
-    read the folder, so it need not exist any more.
-    """
-    text = _subtree(data, "model", "text")
-    folder = text.get("pretrained")
-    if not isinstance(folder, str) or not folder or is_uri(folder):
-        return data
-    hf_config = read_bert_config(folder)
-    if hf_config is None:
-        return data
-    yours = _subtree(chosen, "model", "text")
-    adopted: dict[str, Any] = {}
-    for key, hf_name in BERT_SHAPE_FIELDS.items():
-        theirs = hf_config.get(hf_name)
-        if not isinstance(theirs, int) or isinstance(theirs, bool):
-            continue
-        mine = yours.get(key)
-        if mine is not None and mine != theirs:
-            raise ConfigError(
-                f"model.text.{key}={mine} but {folder!r} has {hf_name}={theirs}: your setting "
-                f"disagrees with model.text.pretrained's config.json; drop model.text.{key} to "
-                "take the folder's value"
-            )
-        adopted[key] = theirs
-    fusion = _subtree(data, "model", "fusion")
-    heads = fusion.get("heads", FusionConfig.__dataclass_fields__["heads"].default)
-    hidden = adopted.get("hidden_size")
-    if fusion.get("width") is None and isinstance(heads, int) and isinstance(hidden, int):
-        _require(
-            heads >= 1 and hidden % heads == 0,
-            "model.fusion.heads",
-            f"{heads} heads must divide the fusion width, which is the text hidden size "
-            f"{hidden} of model.text.pretrained {folder!r} (model.fusion.width is null); "
-            "set model.fusion.heads to a divisor of it, or set model.fusion.width",
-        )
-    return _merge(data, {"model": {"text": adopted}})
-
-
-def config_from_dict(data: dict[str, Any]) -> RunConfig:
-    """Rebuilds a config shipped to Ray workers or saved in a run directory."""
-    return _build(RunConfig, data, "")
-
-
-def describe_fields(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, str]]:
-    """(dotted key, description) for every leaf field, for help output."""
-    rows: list[tuple[str, str]] = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        key = _join(prefix, f.name)
-        if _is_dataclass_type(hints[f.name]):
-            rows.extend(describe_fields(hints[f.name], key))
-        else:
-            rows.append((key, f.metadata.get("doc", "")))
-    return rows
+def describe_fields(cls: type | None = None, prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted key, description) for every leaf field of the run config (or ``cls``)."""
+    return _describe_fields(cls or RunConfig, prefix)
