@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib import metadata
@@ -584,3 +585,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HardStopError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 128 + exc.signum
+    except BrokenPipeError:
+        # `mmpretrain sweep results DIR --json | head`: the reader left, which is not an error.
+        # Point stdout at /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell tool killed by the pipe reports

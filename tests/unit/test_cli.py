@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from importlib import metadata
 
 import pytest
@@ -66,3 +68,13 @@ def test_sweep_spec_is_short_for_sweep_run_and_results_is_its_own_subcommand() -
     results = cli.parse_command(["sweep", "results", "runs/smoke", "--json"])
     assert (results.action, results.dir, results.json) == ("results", "runs/smoke", True)
     assert not hasattr(results, "spec")
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback() -> None:
+    """``mmpretrain config show | head -1``: the pipe closes before the command writes."""
+    command = [sys.executable, "-m", "mmpretrain", "config", "show"]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child.stdout.close()  # the reader is gone before the child has imported anything
+    stderr = child.stderr.read().decode()
+    assert child.wait(timeout=120) == 141
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
