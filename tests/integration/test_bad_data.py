@@ -94,6 +94,7 @@ def test_training_over_ten_percent_bad_data_completes_and_reports_counts(
     assert not any(name.startswith("zero_pp_rank_") for name in files)
 
 
+@pytest.mark.slow  # a second run; the fast tier counts bad samples in the run above
 def test_bad_fraction_over_the_limit_stops_the_run_with_the_reason(
     local_ray, synth_data, tmp_path
 ) -> None:

@@ -16,7 +16,8 @@ from mmpretrain.data.tokenizer import load_tokenizer, train_tokenizer
 from mmpretrain.train.checkpoint.consolidate import load_task_state
 from mmpretrain.train.launch import run_training
 
-pytestmark = pytest.mark.integration
+# A run of its own for three steps; the folder checks and the BERT-shape adoption are unit tests.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 HIDDEN = 64  # the tiny preset says 128; the folder must win
 STEPS = 3

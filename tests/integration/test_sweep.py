@@ -356,6 +356,7 @@ def test_a_sweep_whose_trial_cannot_fit_fails_at_once(synth_data, local_ray, tmp
     assert not list((tmp_path / "runs" / "too-big").glob("too-big_*"))
 
 
+@pytest.mark.slow  # the fast tier's survived fault is test_failures' killed worker
 def test_an_errored_trial_is_recorded_and_the_sweep_goes_on(
     synth_data, local_ray, tmp_path
 ) -> None:
