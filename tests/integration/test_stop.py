@@ -57,7 +57,6 @@ def train_argv(synth_data, shards: Path, storage: Path, name: str, *extra: str) 
         "train.cpus_per_worker=0.5",
         f"train.max_steps={EPOCH_STEPS}",
         "train.log_every=1",
-        "train.record_sample_keys=true",
         "observe.metrics_port=null",
         f"train.storage_path={storage}",
         f"train.run_name={name}",
