@@ -284,8 +284,9 @@ def _refuse_excludes_that_drop_the_package(excludes: Sequence[str], working_dir:
         name = pattern.rstrip("/")
         if not name or "/" in name:
             continue  # anchored or a path: matches relative to working_dir only
-        hit = next((p for p in sorted(package.rglob("*")) if fnmatch(p.name, name)), None)
-        if hit is not None and "__pycache__" not in hit.parts:
+        files = (p for p in sorted(package.rglob("*")) if "__pycache__" not in p.parts)
+        hit = next((p for p in files if fnmatch(p.name, name)), None)
+        if hit is not None:
             raise JobSpecError(
                 f"{pattern!r} also drops {hit.relative_to(working_dir).as_posix()} from the "
                 "upload (Ray reads excludes as .gitignore lines); anchor it to working_dir with a "
