@@ -8,6 +8,7 @@ retries forever.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import uuid
 from collections.abc import Sequence
@@ -31,7 +32,7 @@ from mmpretrain.metrics import scrape_targets
 from mmpretrain.ports import free_ports
 from mmpretrain.storage import Folder
 from mmpretrain.train import stop
-from mmpretrain.train.checkpoint.manifest import list_checkpoints
+from mmpretrain.train.checkpoint.manifest import check_checkpoint, list_checkpoints
 from mmpretrain.train.loop import LoopSettings, train_loop_per_worker
 from mmpretrain.train.preflight import prepare_run
 from mmpretrain.train.quiet import (
@@ -63,6 +64,43 @@ def newest_complete_step(storage: Folder) -> int | None:
         if status.complete:
             return status.step
     return None
+
+
+def finished_result(cfg: RunConfig) -> TrainResult | None:
+    """The result of a run that already reached train.stop_at / train.max_steps, or None.
+
+    Re-running a finished command (a job resubmitted after it succeeded, a script run twice)
+    then costs a directory listing instead of a worker-group start-up that would load the
+    checkpoint only to train nothing and evaluate again. Sizes pick the candidate, as for any
+    resume; only a checkpoint at the last step has its checksums read, as the resume would.
+    A sweep trial always starts: Tune needs its reports.
+    """
+    if cfg.observe.sweep is not None:
+        return None
+    statuses = list_checkpoints(cfg.run_storage, verify_checksums=False)
+    newest = next((status for status in statuses if status.complete), None)
+    if newest is None or newest.step is None or newest.step < cfg.train.last_step:
+        return None
+    if not check_checkpoint(newest.path, verify_checksums=True).complete:
+        return None  # the workers pass over it, with a warning, and train again
+    evaluated = cfg.run_dir / "eval.json"
+    final_eval_due = cfg.data.val and cfg.train.last_step >= cfg.train.max_steps
+    if final_eval_due and not _evaluated_at(evaluated, newest.step):
+        return None  # stopped during the final evaluation: the workers evaluate again
+    limit = "stop_at" if cfg.train.stop_at else "max_steps"
+    console(
+        f"{cfg.train.run_name} is already at step {newest.step} (train.{limit}="
+        f"{cfg.train.last_step}): nothing to train; raise train.max_steps to go on"
+    )
+    metrics = json.loads(evaluated.read_text()) if evaluated.is_file() else {}
+    return TrainResult(cfg.run_dir, str(newest.path), metrics)
+
+
+def _evaluated_at(eval_json: Path, step: int) -> bool:
+    try:
+        return json.loads(eval_json.read_text()).get("step") == step
+    except (OSError, json.JSONDecodeError):
+        return False
 
 
 def embedded_cpus(cfg: RunConfig) -> int:
@@ -210,6 +248,9 @@ def run_training(cfg: RunConfig, callbacks: Sequence[UserCallback] = ()) -> Trai
 
     run_dir, storage = cfg.run_dir, cfg.run_storage
     run_dir.mkdir(parents=True, exist_ok=True)
+    finished = finished_result(cfg)
+    if finished is not None:
+        return finished
 
     connect(cfg)
     check_resources(cfg)

@@ -140,11 +140,13 @@ def test_the_same_command_resumes_prunes_and_passes_over_a_damaged_checkpoint(
         f"checkpoint_step_{step:08d}" for step in (FIRST_STEPS, SECOND)
     ]
 
-    # 2. Re-running the finished command resumes at max_steps and repeats no step.
-    before = len(metric_rows(run_dir))
+    # 2. Re-running the finished command trains nothing, evaluates nothing again, and says so
+    # without starting a worker group (no "resumed from" line: no worker loaded anything).
+    before = len(metric_rows(run_dir)), (run_dir / "eval.jsonl").read_text()
     output = train_in_process([*command, f"train.max_steps={SECOND}"], capfd)
-    assert f"at step {SECOND}" in output
-    assert len(metric_rows(run_dir)) == before
+    assert f"skeleton is already at step {SECOND} (train.max_steps={SECOND})" in output, output
+    assert "resumed from" not in output
+    assert (len(metric_rows(run_dir)), (run_dir / "eval.jsonl").read_text()) == before
 
     # 3. A damaged newest checkpoint is passed over, with a warning, for the one before it.
     shard = newest / f"step_{SECOND:08d}" / "mp_rank_00_model_states.pt"
