@@ -37,7 +37,7 @@ test: lint
 test-all: lint
 	$(BIN)/pytest
 
-# Debian's prometheus, which cluster/prometheus/run.sh and tests/e2e run.
+# Debian's prometheus, which cluster/prometheus/run.sh and tests/integration/test_prometheus.py run.
 prometheus:
 	command -v prometheus >/dev/null || { \
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \

@@ -18,18 +18,22 @@ from mmpretrain.config import load_config
 from mmpretrain.errors import ResourceError
 from mmpretrain.train.launch import run_training
 from mmpretrain.train.schedule import warmup_cosine
-from tests.conftest import TRAIN_SAMPLES
 from tests.integration.conftest import (
     BATCH,
     CHECKPOINT_EVERY,
     FIRST_STEPS,
     LOG_EVERY,
+    MIXED_SHARDS,
+    SKELETON_SAMPLES,
     WORKERS,
 )
 
 pytestmark = pytest.mark.integration
 
 SHARD_SIZE = 128  # of the session's synthetic training shards (tests/conftest.py)
+# The tokenizer reads every caption training could use: a bad image does not spoil its
+# caption, so the 6 bad samples with a readable one count (tests/badshards.py).
+TOKENIZER_CAPTIONS = SKELETON_SAMPLES + 6
 # What Ray prints that a user of mmpretrain should not see by default.
 RAY_NOISE = re.compile(
     r"\bINFO\b|Started a local Ray instance|Reporting training result|Execution plan of Dataset"
@@ -92,7 +96,7 @@ def test_a_first_run_trains_its_tokenizer_learns_and_checkpoints_every_rank(skel
     output = skeleton_run.stdout + skeleton_run.stderr
     assert output.count("retrieval over 96 held-out pairs") == len(history), output[-4000:]
     assert f"step {FIRST_STEPS}/{FIRST_STEPS} | loss" in output
-    assert f"tokenizer: trained on {TRAIN_SAMPLES} training captions" in output
+    assert f"tokenizer: trained on {TOKENIZER_CAPTIONS} training captions" in output
     assert not [line for line in output.splitlines() if RAY_NOISE.search(line)], output[-4000:]
     mean_recall_at_1 = (evaluation["i2t_recall@1"] + evaluation["t2i_recall@1"]) / 2
     assert mean_recall_at_1 >= 10 * chance, evaluation
@@ -130,9 +134,10 @@ def test_the_same_command_resumes_prunes_and_passes_over_a_damaged_checkpoint(
     assert (state["step"], state["samples_seen"]) == (SECOND, SECOND * BATCH * WORKERS)
     # The data position: where in its epoch the run is, every rank's consumption merged.
     position = state["data_position"]
-    assert position["epoch"] == state["epoch"] == SECOND * BATCH * WORKERS // TRAIN_SAMPLES
-    consumed = len(position["finished"]) * SHARD_SIZE + sum(map(len, position["consumed"].values()))
-    assert consumed == SECOND * BATCH * WORKERS - state["epoch"] * TRAIN_SAMPLES, position
+    assert position["epoch"] == state["epoch"] == SECOND * BATCH * WORKERS // SKELETON_SAMPLES
+    finished = sum(MIXED_SHARDS.get(Path(url).name, SHARD_SIZE) for url in position["finished"])
+    consumed = finished + sum(map(len, position["consumed"].values()))
+    assert consumed == SECOND * BATCH * WORKERS - state["epoch"] * SKELETON_SAMPLES, position
 
     # Only the newest 2 complete checkpoints are kept.
     newest = run_dir / f"checkpoint_step_{SECOND:08d}"
