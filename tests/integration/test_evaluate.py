@@ -14,6 +14,7 @@ sees rounded weights and cannot be reproduced to 1e-4 from the fp32 checkpoint.)
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -33,6 +34,24 @@ pytestmark = pytest.mark.integration
 
 PROMPT = "a picture of a {}"
 SHAPES = 6  # classes of the synthetic set's cls labels
+
+
+EVAL = ["train.cpus_per_worker=1", "eval.rerank_k=8", f"eval.prompt_template={PROMPT}"]
+
+
+def same_numbers(expected: dict, metrics: dict) -> None:
+    for name, value in expected.items():
+        if name != "step":
+            assert metrics[name] == pytest.approx(value, abs=1e-4), name
+
+
+def exported(run_dir: Path, out: Path) -> Path:
+    """`mmpretrain export` as a user types it, through the CLI's entry point."""
+    assert cli.main(["export", "--checkpoint", str(run_dir), "--out", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} >= {
+        "model.safetensors", "config.yaml", "tokenizer", "export.json"
+    }  # fmt: skip
+    return out
 
 
 def held_out_pairs(pattern: str) -> list[dict[str, bytes]]:
@@ -107,25 +126,13 @@ def test_eval_and_export_reproduce_the_runs_own_evaluation(zero3_run, synth_data
     assert during_training["zeroshot_chance@1"] == pytest.approx(1 / SHAPES)
     assert "i2t_rerank_recall@10" in during_training and "t2i_recall@10" in during_training
 
-    def same_numbers(metrics: dict) -> None:
-        for name, value in during_training.items():
-            if name != "step":
-                assert metrics[name] == pytest.approx(value, abs=1e-4), name
-
     # 1. `eval` on the run directory: ZeRO-3 shards merged on the driver, 2 Ray workers.
-    overrides = ["train.cpus_per_worker=1", "eval.rerank_k=8", f"eval.prompt_template={PROMPT}"]
-    same_numbers(run_evaluation(result.run_dir, str(synth_data["val"]), overrides))
+    same_numbers(during_training, run_evaluation(result.run_dir, str(synth_data["val"]), EVAL))
 
-    # 2. `export` as a user types it (through the CLI's entry point), then `eval` on the export.
-    export_dir = tmp_path / "export"
-    assert cli.main(["export", "--checkpoint", str(result.run_dir), "--out", str(export_dir)]) == 0
-    assert {p.name for p in export_dir.iterdir()} >= {
-        "model.safetensors", "config.yaml", "tokenizer", "export.json"
-    }  # fmt: skip
-    same_numbers(run_evaluation(export_dir, str(synth_data["val"]), overrides))
-
-    # 3. load_pretrained in this process, from raw JPEG bytes and caption strings: the same
-    # embeddings as the workers computed, hence the same recall.
+    # 2. `export` as a user types it (through the CLI's entry point), and load_pretrained on it
+    # in this process, from raw JPEG bytes and caption strings: the same embeddings as the
+    # workers computed, hence the same recall (`eval` on the export: the slow test below).
+    export_dir = exported(result.run_dir, tmp_path / "export")
     model = mmpretrain.load_pretrained(export_dir, device="cpu")
     pairs = held_out_pairs(str(synth_data["val"]))
     image_emb = model.embed_images([members["jpg"] for members in pairs])
@@ -137,3 +144,11 @@ def test_eval_and_export_reproduce_the_runs_own_evaluation(zero3_run, synth_data
     assert similarity.item() == pytest.approx((image_emb[0] @ text_emb[0]).item(), abs=1e-5)
     match = model.match([members["jpg"] for members in pairs[:4]], ["a picture"] * 4)
     assert match.shape == (4,) and ((match > 0) & (match < 1)).all()
+
+
+@pytest.mark.slow  # the export's numbers are checked in this process above
+def test_eval_on_an_export_reproduces_the_runs_own_evaluation(zero3_run, synth_data, tmp_path):
+    _, result = zero3_run
+    during_training = json.loads((result.run_dir / "eval.json").read_text())
+    export_dir = exported(result.run_dir, tmp_path / "export")
+    same_numbers(during_training, run_evaluation(export_dir, str(synth_data["val"]), EVAL))

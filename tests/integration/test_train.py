@@ -108,6 +108,8 @@ def test_a_first_run_trains_its_tokenizer_learns_and_checkpoints_every_rank(skel
 SECOND = FIRST_STEPS + 8  # the resumed run's max_steps
 
 
+@pytest.mark.slow  # exact resume is test_resume's in the fast tier; pruning and the damaged
+# checkpoint's pass-over are unit tests there too (test_manifest.py)
 def test_the_same_command_resumes_prunes_and_passes_over_a_damaged_checkpoint(
     local_ray, skeleton_run, tmp_path, capfd
 ) -> None:
