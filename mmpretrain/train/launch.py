@@ -90,7 +90,7 @@ def finished_result(cfg: RunConfig) -> TrainResult | None:
     limit = "stop_at" if cfg.train.stop_at else "max_steps"
     console(
         f"{cfg.train.run_name} is already at step {newest.step} (train.{limit}="
-        f"{cfg.train.last_step}): nothing to train; raise train.max_steps to go on"
+        f"{cfg.train.last_step}): nothing to train; raise train.{limit} to go on"
     )
     metrics = json.loads(evaluated.read_text()) if evaluated.is_file() else {}
     return TrainResult(cfg.run_dir, str(newest.path), metrics)
