@@ -32,7 +32,11 @@ from mmpretrain.metrics import scrape_targets
 from mmpretrain.ports import free_ports
 from mmpretrain.storage import Folder
 from mmpretrain.train import stop
-from mmpretrain.train.checkpoint.manifest import check_checkpoint, list_checkpoints
+from mmpretrain.train.checkpoint.manifest import (
+    CheckpointStatus,
+    check_checkpoint,
+    list_checkpoints,
+)
 from mmpretrain.train.loop import LoopSettings, train_loop_per_worker
 from mmpretrain.train.preflight import prepare_run
 from mmpretrain.train.quiet import (
@@ -57,13 +61,17 @@ class TrainResult:
     stopped_at: int | None = None  # the step of its checkpoint, where the same command resumes
 
 
+def newest_by_sizes(storage: Folder) -> CheckpointStatus | None:
+    """The checkpoint a resume would start from: the newest with its manifest and every file
+    at its size (a torn one, cut off mid-write, has none). Checksums are not read: that can
+    take minutes."""
+    statuses = list_checkpoints(storage, verify_checksums=False)
+    return next((status for status in statuses if status.complete), None)
+
+
 def newest_complete_step(storage: Folder) -> int | None:
-    """The step a resume would start from: the newest checkpoint with its manifest (a torn
-    one, cut off mid-write, has none). Checksums are not read: that can take minutes."""
-    for status in list_checkpoints(storage, verify_checksums=False):
-        if status.complete:
-            return status.step
-    return None
+    newest = newest_by_sizes(storage)
+    return newest.step if newest is not None else None
 
 
 def finished_result(cfg: RunConfig) -> TrainResult | None:
@@ -77,14 +85,13 @@ def finished_result(cfg: RunConfig) -> TrainResult | None:
     """
     if cfg.observe.sweep is not None:
         return None
-    statuses = list_checkpoints(cfg.run_storage, verify_checksums=False)
-    newest = next((status for status in statuses if status.complete), None)
+    newest = newest_by_sizes(cfg.run_storage)
     if newest is None or newest.step is None or newest.step < cfg.train.last_step:
         return None
     if not check_checkpoint(newest.path, verify_checksums=True).complete:
         return None  # the workers pass over it, with a warning, and train again
     evaluated = cfg.run_dir / "eval.json"
-    final_eval_due = cfg.data.val and cfg.train.last_step >= cfg.train.max_steps
+    final_eval_due = bool(cfg.data.val) and cfg.train.last_step >= cfg.train.max_steps
     if final_eval_due and not _evaluated_at(evaluated, newest.step):
         return None  # stopped during the final evaluation: the workers evaluate again
     limit = "stop_at" if cfg.train.stop_at else "max_steps"

@@ -59,7 +59,6 @@ def run_cli(
 class SkeletonRun:
     cwd: Path  # where the command ran
     run_dir: Path
-    train: Path  # its training shards
     overrides: list[str]  # the run's overrides with absolute paths, to re-run it in-process
     stdout: str
     stderr: str
@@ -124,7 +123,6 @@ def skeleton_run(
     return SkeletonRun(
         cwd,
         cwd / "skeleton",
-        train,
         absolute,
         proc.stdout,
         proc.stderr,

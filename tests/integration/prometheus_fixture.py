@@ -75,25 +75,25 @@ def prometheus() -> Iterator[Scrape]:
         "RAY_TMPDIR": str(ray_tmp),
         "RAY_metrics_report_interval_ms": "1000",  # workers push to their agent every second
     }
-    scraper = LocalScraper(local_port)
+    scrape = Scrape(None, local_port, run_env, LocalScraper(local_port))
     server = None
-    if shutil.which("prometheus") is None:
-        scrape = Scrape(None, local_port, run_env, scraper)
-    else:
-        env = {
-            "PROM_PORT": str(prom_port),
-            "RAY_SD_FILE": str(ray_tmp / "ray" / "prom_metrics_service_discovery.json"),
-            "LOCAL_TARGET": f"127.0.0.1:{local_port}",
-        }
-        server = subprocess.Popen(["bash", str(RUN_SH)], env={**os.environ, **env})
-        api = f"http://127.0.0.1:{prom_port}"
-        wait_until(lambda: urllib.request.urlopen(f"{api}/-/ready", timeout=2), 60, "prometheus")
-        scrape = Scrape(api, local_port, run_env, scraper)
-    scraper.start()
     try:
+        if shutil.which("prometheus") is not None:
+            env = {
+                "PROM_PORT": str(prom_port),
+                "RAY_SD_FILE": str(ray_tmp / "ray" / "prom_metrics_service_discovery.json"),
+                "LOCAL_TARGET": f"127.0.0.1:{local_port}",
+            }
+            # Stopped by its pid below; run.sh's exit trap stops the prometheus it started.
+            server = subprocess.Popen(["bash", str(RUN_SH)], env={**os.environ, **env})
+            api = f"http://127.0.0.1:{prom_port}"
+            ready = f"{api}/-/ready"
+            wait_until(lambda: urllib.request.urlopen(ready, timeout=2), 60, "prometheus")
+            scrape.api = api
+        scrape.scraper.start()
         yield scrape
     finally:
-        scraper.done.set()
+        scrape.scraper.done.set()
         if server is not None:
             server.terminate()
             server.wait(timeout=30)
